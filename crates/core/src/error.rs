@@ -1,0 +1,79 @@
+//! The registry of public error codes. Every error a client can see has exactly one entry here:
+//! a stable snake_case name, an HTTP status and a one-line meaning. `docs/errors.md` lists them.
+
+macro_rules! error_codes {
+    ($($variant:ident => $name:literal, $status:literal, $meaning:literal;)*) => {
+        /// A public error code. The name is a stable API: clients match on it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $(#[doc = $meaning] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in registry order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The stable snake_case name sent in error bodies.
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $name,)* }
+            }
+
+            /// The HTTP status this code is answered with.
+            pub fn status(self) -> u16 {
+                match self { $(ErrorCode::$variant => $status,)* }
+            }
+
+            /// One line saying what the code means.
+            pub fn meaning(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $meaning,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    RouteNotFound => "route_not_found", 404, "no route of any deployed app matches the request's method and path";
+    MethodNotAllowed => "method_not_allowed", 405, "a route matches the path but not the method";
+    PayloadTooLarge => "payload_too_large", 413, "the request body is larger than the limit for this endpoint";
+    FunctionTimeout => "function_timeout", 504, "the function ran longer than its timeout and was stopped";
+    MemoryLimitExceeded => "memory_limit_exceeded", 500, "the function tried to use more memory than its memory limit";
+    FunctionTrap => "function_trap", 500, "the function trapped (a panic, unreachable code or an invalid memory access)";
+    FunctionNoResponse => "function_no_response", 500, "the function returned without sending a response";
+    FunctionUnavailable => "function_unavailable", 503, "the function's code is not loaded on this server";
+    Throttled => "throttled", 429, "the function or server is at its concurrency limit; retry after the Retry-After delay";
+    ShuttingDown => "shutting_down", 503, "the server is shutting down and takes no new requests";
+    BadRequest => "bad_request", 400, "the request is malformed";
+    InvalidManifest => "invalid_manifest", 400, "the app's nubo.toml is invalid";
+    InvalidComponent => "invalid_component", 400, "a function's code is not a valid wasi:http component";
+    CompileFailed => "compile_failed", 400, "a function's code could not be compiled within the limits";
+    DeployInProgress => "deploy_in_progress", 409, "another deploy of the same app is running";
+    AppNotFound => "app_not_found", 404, "no app with that name is deployed";
+    FunctionNotFound => "function_not_found", 404, "the app has no function with that name";
+    InvocationNotFound => "invocation_not_found", 404, "no invocation with that id is recorded";
+    NotFound => "not_found", 404, "no such endpoint";
+    Forbidden => "forbidden", 403, "the admin API accepts requests only from loopback unless an admin key is configured";
+    Internal => "internal", 500, "Nubo failed while handling the request; the server log has details";
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut seen = HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            assert!(code.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!((400..600).contains(&code.status()));
+        }
+    }
+}

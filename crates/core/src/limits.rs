@@ -1,0 +1,51 @@
+//! Limits that bound what one user can make the server do. Each names the threat it bounds.
+
+/// Default cap on a request body delivered to a function. Bounds memory a client can make a
+/// function buffer; larger bodies are answered 413 `payload_too_large`.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 * 1024 * 1024;
+
+/// Cap on one deploy upload (all components of an app together). Bounds disk and the time
+/// spent hashing and compiling untrusted input.
+pub const MAX_DEPLOY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Cap on one component's size. Bounds compile time and memory for a single function.
+pub const MAX_COMPONENT_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Cap on the log bytes kept per invocation; output past it is replaced by one marker line.
+/// Bounds memory and disk a chatty (or hostile) function can consume.
+pub const MAX_LOG_BYTES_PER_INVOCATION: usize = 64 * 1024;
+
+/// Cap on the number of log lines kept per invocation (see [`MAX_LOG_BYTES_PER_INVOCATION`]).
+pub const MAX_LOG_LINES_PER_INVOCATION: usize = 1_000;
+
+/// Cap on one log line; longer lines are cut. Bounds a function printing without newlines.
+pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
+
+/// Largest `memory` a function may ask for. Bounds the virtual address space of a pool slot.
+pub const MAX_FUNCTION_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Smallest `memory` a function may ask for: one wasm page.
+pub const MIN_FUNCTION_MEMORY: u64 = 64 * 1024;
+
+/// Longest `timeout` a function may ask for (as Lambda's 15 minutes).
+pub const MAX_FUNCTION_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// Default function memory limit.
+pub const DEFAULT_FUNCTION_MEMORY: u64 = 128 * 1024 * 1024;
+
+/// Default function timeout.
+pub const DEFAULT_FUNCTION_TIMEOUT_MS: u64 = 30_000;
+
+/// Cap on the number of functions in one app. Bounds pool slots and compile work per deploy.
+pub const MAX_FUNCTIONS_PER_APP: usize = 256;
+
+/// Cap on the number of routes in one app. Bounds route table size and ambiguity checks.
+pub const MAX_ROUTES_PER_APP: usize = 1_024;
+
+/// Cap on the manifest's size. Bounds parser work on untrusted input.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+
+/// Cap on environment variables per function, and on their total size.
+pub const MAX_ENV_VARS: usize = 256;
+/// See [`MAX_ENV_VARS`].
+pub const MAX_ENV_BYTES: usize = 64 * 1024;

@@ -1,0 +1,459 @@
+//! The developer-owned app manifest, `nubo.toml`: parsing and validation.
+//!
+//! Every error names the key, its line and the fix. Parsing is pure (no file access); the CLI
+//! checks that `source` files exist and the server checks the code itself.
+
+use crate::limits;
+use crate::route::{MethodSet, RoutePattern, RouteTableBuilder};
+use crate::units::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// The file name the CLI looks for.
+pub const FILE_NAME: &str = "nubo.toml";
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The app's name.
+    pub app: String,
+    /// Functions by name.
+    pub functions: BTreeMap<String, FunctionSpec>,
+    /// Routes, in manifest order.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// How a function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// A WebAssembly component exporting `wasi:http/incoming-handler`.
+    Wasm,
+}
+
+/// One function's code and configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    /// How it runs.
+    pub runtime: Runtime,
+    /// Path of the component, relative to the manifest's directory.
+    pub source: String,
+    /// Shell command that produces `source`, run in `workdir` by `nubo deploy`.
+    pub build: Option<String>,
+    /// Directory the build command runs in, relative to the manifest's directory.
+    pub workdir: Option<String>,
+    /// Linear memory limit in bytes.
+    pub memory: u64,
+    /// Wall-clock limit per invocation, in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest request body delivered to the function, in bytes.
+    pub max_request_body: u64,
+    /// Environment variables the guest sees.
+    pub env: BTreeMap<String, String>,
+}
+
+impl FunctionSpec {
+    /// The timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// A route from `(methods, path)` to a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// The path pattern.
+    pub path: String,
+    /// Methods; empty means any.
+    pub methods: Vec<String>,
+    /// The target function.
+    pub function: String,
+}
+
+/// One problem in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{FILE_NAME}:{line}: {}", self.message),
+            None => write!(f, "{FILE_NAME}: {}", self.message),
+        }
+    }
+}
+
+/// All problems found in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestErrors(pub Vec<ManifestError>);
+
+impl fmt::Display for ManifestErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    app: Option<Spanned<RawApp>>,
+    #[serde(default)]
+    function: BTreeMap<Spanned<String>, Spanned<RawFunction>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunction {
+    runtime: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
+    build: Option<String>,
+    workdir: Option<String>,
+    memory: Option<Spanned<ByteSize>>,
+    timeout: Option<Spanned<HumanDuration>>,
+    max_request_body: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    allowed_hosts: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Spanned<String>,
+    function: Spanned<String>,
+    #[serde(default)]
+    methods: Option<Spanned<Vec<String>>>,
+}
+
+/// Keys accepted in each table, for "did you mean" hints.
+const APP_KEYS: &[&str] = &["name"];
+const FUNCTION_KEYS: &[&str] = &[
+    "runtime",
+    "source",
+    "build",
+    "workdir",
+    "memory",
+    "timeout",
+    "max_request_body",
+    "env",
+    "allowed_hosts",
+];
+const ROUTE_KEYS: &[&str] = &["path", "function", "methods"];
+const TOP_KEYS: &[&str] = &["app", "function", "route"];
+
+struct Src<'a> {
+    text: &'a str,
+}
+
+impl Src<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    }
+
+    fn err<T>(&self, s: &Spanned<T>, message: impl Into<String>) -> ManifestError {
+        ManifestError { line: Some(self.line(s.span().start)), message: message.into() }
+    }
+
+    /// The table header (`[function.api]`, `[[route]]`, …) in force at `offset`.
+    fn table_at(&self, offset: usize) -> Option<&str> {
+        let before = &self.text[..offset.min(self.text.len())];
+        before
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.split('#').next().unwrap_or(l).trim())
+    }
+}
+
+/// Parses and validates manifest text.
+pub fn parse(text: &str) -> Result<Manifest, ManifestErrors> {
+    if text.len() > limits::MAX_MANIFEST_BYTES {
+        return Err(ManifestErrors(vec![ManifestError {
+            line: None,
+            message: format!("the manifest is larger than {} bytes", limits::MAX_MANIFEST_BYTES),
+        }]));
+    }
+    let src = Src { text };
+    let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestErrors(vec![de_error(&src, &e)]))?;
+    validate(&src, raw)
+}
+
+fn de_error(src: &Src<'_>, e: &toml::de::Error) -> ManifestError {
+    let line = e.span().map(|s| src.line(s.start));
+    let msg = e.message().trim().to_string();
+    let table = e.span().and_then(|s| src.table_at(s.start)).map(str::to_string);
+    // serde's "unknown field `x`, expected one of ..." → our wording with a suggestion.
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some(key) = rest.split('`').next()
+    {
+        let (where_, keys) = match table.as_deref() {
+            Some(t) if t.starts_with("[function.") => (format!(" in {t}"), FUNCTION_KEYS),
+            Some("[[route]]") => (" in [[route]]".to_string(), ROUTE_KEYS),
+            Some("[app]") => (" in [app]".to_string(), APP_KEYS),
+            Some(t) if t.starts_with("[[") || t.starts_with('[') => (format!(" in {t}"), TOP_KEYS),
+            _ => (" at the top level".to_string(), TOP_KEYS),
+        };
+        let hint = match suggest(key, keys) {
+            Some(s) => format!("; did you mean \"{s}\"?"),
+            None => format!("; the keys allowed here are: {}", keys.join(", ")),
+        };
+        let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
+        return ManifestError { line, message: format!("unknown key \"{key}\"{where_}{at}{hint}") };
+    }
+    if msg.starts_with("duplicate key") {
+        return ManifestError {
+            line,
+            message: format!("{msg}: each function and key may be defined only once; rename or remove the duplicate"),
+        };
+    }
+    let message = match &table {
+        Some(t) => format!("{msg} (in {t})"),
+        None => msg,
+    };
+    ManifestError { line, message }
+}
+
+/// The accepted key closest to `key`, when it is a plausible typo.
+fn suggest<'a>(key: &str, keys: &[&'a str]) -> Option<&'a str> {
+    keys.iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn validate(src: &Src<'_>, raw: RawManifest) -> Result<Manifest, ManifestErrors> {
+    let mut errs = Vec::new();
+    let app = match &raw.app {
+        Some(app) => {
+            let name = app.get_ref().name.get_ref().clone();
+            if let Err(e) = crate::validate_name("app", &name) {
+                errs.push(src.err(&app.get_ref().name, format!("[app] name: {e}")));
+            }
+            name
+        }
+        None => {
+            errs.push(ManifestError {
+                line: None,
+                message: "missing [app] table: add `[app]` with `name = \"my-app\"`".into(),
+            });
+            String::new()
+        }
+    };
+    if raw.function.len() > limits::MAX_FUNCTIONS_PER_APP {
+        errs.push(ManifestError {
+            line: None,
+            message: format!("an app may have at most {} functions", limits::MAX_FUNCTIONS_PER_APP),
+        });
+    }
+    if raw.function.is_empty() {
+        errs.push(ManifestError {
+            line: None,
+            message: "the app has no functions: add a [function.NAME] table with a `source`".into(),
+        });
+    }
+
+    let mut functions = BTreeMap::new();
+    for (name, f) in &raw.function {
+        let fname = name.get_ref().clone();
+        let at = format!("[function.{fname}]");
+        if let Err(e) = crate::validate_name("function", &fname) {
+            errs.push(src.err(name, e.to_string()));
+        }
+        let f_span = f;
+        let f = f.get_ref();
+        if let Some(rt) = &f.runtime {
+            match rt.get_ref().as_str() {
+                "wasm" => {}
+                "process" => errs.push(src.err(
+                    rt,
+                    format!("{at} runtime \"process\" is not available in this version of Nubo: build the function as a wasi:http component and use runtime \"wasm\""),
+                )),
+                other => errs.push(src.err(
+                    rt,
+                    format!("{at} unknown runtime {other:?}: use \"wasm\""),
+                )),
+            }
+        }
+        let source = match &f.source {
+            Some(s) if !s.get_ref().trim().is_empty() => s.get_ref().clone(),
+            Some(s) => {
+                errs.push(src.err(s, format!("{at} source is empty: set it to the component's path, like \"target/wasm32-wasip2/release/{fname}.wasm\"")));
+                String::new()
+            }
+            None => {
+                errs.push(src.err(
+                    f_span,
+                    format!("{at} is missing `source`: set it to the component's path, like source = \"target/wasm32-wasip2/release/{fname}.wasm\""),
+                ));
+                String::new()
+            }
+        };
+        let memory = match &f.memory {
+            Some(m) => {
+                let v = m.get_ref().0;
+                if !(limits::MIN_FUNCTION_MEMORY..=limits::MAX_FUNCTION_MEMORY).contains(&v) {
+                    errs.push(src.err(m, format!(
+                        "{at} memory {} is out of range: use a value from 64KiB to 4GiB, like \"128MiB\"",
+                        m.get_ref()
+                    )));
+                }
+                v
+            }
+            None => limits::DEFAULT_FUNCTION_MEMORY,
+        };
+        let timeout_ms = match &f.timeout {
+            Some(t) => {
+                let ms = u64::try_from(t.get_ref().0.as_millis()).unwrap_or(u64::MAX);
+                if ms == 0 || ms > limits::MAX_FUNCTION_TIMEOUT_MS {
+                    errs.push(src.err(t, format!(
+                        "{at} timeout {} is out of range: use a value from 1ms to 15m, like \"10s\"",
+                        t.get_ref()
+                    )));
+                }
+                ms
+            }
+            None => limits::DEFAULT_FUNCTION_TIMEOUT_MS,
+        };
+        let max_request_body = match &f.max_request_body {
+            Some(b) => {
+                let v = b.get_ref().0;
+                if v > limits::MAX_DEPLOY_BYTES {
+                    errs.push(src.err(b, format!("{at} max_request_body {} is too large: use at most 256MiB", b.get_ref())));
+                }
+                v
+            }
+            None => limits::DEFAULT_MAX_REQUEST_BODY,
+        };
+        if let Some(hosts) = &f.allowed_hosts
+            && !hosts.get_ref().is_empty()
+        {
+            errs.push(src.err(hosts, format!(
+                "{at} allowed_hosts: outbound HTTP is not available in this version of Nubo; remove allowed_hosts (functions cannot reach the network yet)"
+            )));
+        }
+        let mut env = BTreeMap::new();
+        let mut env_bytes = 0;
+        for (k, v) in &f.env {
+            let key = k.get_ref();
+            let valid = !key.is_empty()
+                && !key.as_bytes()[0].is_ascii_digit()
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                errs.push(src.err(k, format!("{at} env key {key:?} is not a valid variable name: use letters, digits and '_', not starting with a digit")));
+            }
+            env_bytes += key.len() + v.len();
+            env.insert(key.clone(), v.clone());
+        }
+        if env.len() > limits::MAX_ENV_VARS || env_bytes > limits::MAX_ENV_BYTES {
+            errs.push(src.err(f_span, format!("{at} env is too large: at most {} variables and {} bytes", limits::MAX_ENV_VARS, limits::MAX_ENV_BYTES)));
+        }
+        functions.insert(
+            fname,
+            FunctionSpec {
+                runtime: Runtime::Wasm,
+                source,
+                build: f.build.clone(),
+                workdir: f.workdir.clone(),
+                memory,
+                timeout_ms,
+                max_request_body,
+                env,
+            },
+        );
+    }
+
+    if raw.route.len() > limits::MAX_ROUTES_PER_APP {
+        errs.push(ManifestError {
+            line: None,
+            message: format!("an app may have at most {} routes", limits::MAX_ROUTES_PER_APP),
+        });
+    }
+    let mut routes = Vec::new();
+    let mut table = RouteTableBuilder::new();
+    for r in &raw.route {
+        let r = r.get_ref();
+        let line = src.line(r.path.span().start);
+        let function = r.function.get_ref().clone();
+        if !functions.contains_key(&function) {
+            let known: Vec<&str> = functions.keys().map(String::as_str).collect();
+            errs.push(src.err(&r.function, format!(
+                "[[route]] {} points to unknown function {function:?}: define [function.{function}] or use one of: {}",
+                r.path.get_ref(),
+                known.join(", ")
+            )));
+        }
+        let methods: Vec<String> = r.methods.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default();
+        let ms = match MethodSet::parse(&methods) {
+            Ok(ms) => ms,
+            Err(e) => {
+                let at = r.methods.as_ref().map(|m| src.line(m.span().start));
+                errs.push(ManifestError { line: at, message: format!("[[route]] methods: {e}") });
+                continue;
+            }
+        };
+        let pattern = match RoutePattern::parse(r.path.get_ref()) {
+            Ok(p) => p,
+            Err(e) => {
+                errs.push(src.err(&r.path, format!("[[route]] path: {e}")));
+                continue;
+            }
+        };
+        let label = match &ms {
+            MethodSet::Any => format!("\"{pattern}\" (line {line})"),
+            only => format!("{only} \"{pattern}\" (line {line})"),
+        };
+        if let Err(e) = table.add(ms, pattern, (), label) {
+            errs.push(src.err(&r.path, e.to_string()));
+        }
+        routes.push(RouteSpec { path: r.path.get_ref().clone(), methods, function });
+    }
+
+    if errs.is_empty() {
+        Ok(Manifest { app, functions, routes })
+    } else {
+        errs.sort_by_key(|e| e.line.unwrap_or(0));
+        Err(ManifestErrors(errs))
+    }
+}
+
+#[cfg(test)]
+mod tests;

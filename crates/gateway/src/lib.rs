@@ -1,0 +1,1 @@
+//! nubo-gateway

@@ -1,0 +1,370 @@
+//! The in-flight invocation handle. The gateway creates it, the runtime adds what only it knows
+//! (cold start, outcome, log lines), the response body adds bytes out; when the last clone is
+//! dropped — after the function finished and the response body ended — the record is emitted.
+
+use nubo_core::{InvocationId, Outcome, limits};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// What is known when an invocation starts.
+#[derive(Debug, Clone)]
+pub struct InvocationMeta {
+    /// Its id.
+    pub id: InvocationId,
+    /// App name.
+    pub app: Arc<str>,
+    /// Function name.
+    pub function: Arc<str>,
+    /// App revision.
+    pub revision: u64,
+    /// What triggered it: `http` or `invoke`.
+    pub trigger: &'static str,
+}
+
+/// One captured log line.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// When it was written.
+    pub time: SystemTime,
+    /// Which stream.
+    pub stream: Stream,
+    /// The text without its newline (lossily decoded as UTF-8).
+    pub line: String,
+}
+
+/// A complete invocation: its record and its logs.
+#[derive(Debug, Clone)]
+pub struct FinishedInvocation {
+    /// Identity.
+    pub meta: InvocationMeta,
+    /// Start time.
+    pub started_at: SystemTime,
+    /// Wall time from start to the end of the response.
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The HTTP status answered, if any.
+    pub status: Option<u16>,
+    /// First instantiation of this function on this server.
+    pub cold: bool,
+    /// Request body bytes read by the function.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Captured log lines.
+    pub logs: Vec<LogEntry>,
+    /// Whether some output was cut (a marker line says so too).
+    pub logs_truncated: bool,
+}
+
+/// Counters of the sink, for health and metrics.
+#[derive(Debug, Default)]
+pub struct RecordSinkStats {
+    /// Records handed to the writer.
+    pub sent: AtomicU64,
+    /// Records dropped because the writer was behind.
+    pub dropped: AtomicU64,
+}
+
+/// The sending side of the record channel. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RecordSink {
+    tx: SyncSender<FinishedInvocation>,
+    stats: Arc<RecordSinkStats>,
+}
+
+impl RecordSink {
+    /// Counters.
+    pub fn stats(&self) -> &Arc<RecordSinkStats> {
+        &self.stats
+    }
+
+    fn offer(&self, rec: FinishedInvocation) {
+        match self.tx.try_send(rec) {
+            Ok(()) => {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A bounded channel for finished invocations; the receiver belongs to the batching writer.
+pub fn record_channel(capacity: usize) -> (RecordSink, Receiver<FinishedInvocation>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+    (RecordSink { tx, stats: Arc::default() }, rx)
+}
+
+#[derive(Debug, Default)]
+struct LogBuf {
+    entries: Vec<LogEntry>,
+    bytes: usize,
+    truncated: bool,
+    partial: [Vec<u8>; 2],
+}
+
+impl LogBuf {
+    fn push_line(&mut self, stream: Stream, mut line: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        if self.entries.len() >= limits::MAX_LOG_LINES_PER_INVOCATION
+            || self.bytes + line.len() > limits::MAX_LOG_BYTES_PER_INVOCATION
+        {
+            self.truncated = true;
+            self.entries.push(LogEntry {
+                time: SystemTime::now(),
+                stream,
+                line: format!(
+                    "[nubo] log output cut: an invocation keeps at most {} lines and {} bytes",
+                    limits::MAX_LOG_LINES_PER_INVOCATION,
+                    limits::MAX_LOG_BYTES_PER_INVOCATION
+                ),
+            });
+            return;
+        }
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        self.bytes += line.len();
+        self.entries.push(LogEntry {
+            time: SystemTime::now(),
+            stream,
+            line: String::from_utf8_lossy(line).into_owned(),
+        });
+    }
+
+    fn write(&mut self, stream: Stream, data: &[u8]) {
+        let idx = stream as usize;
+        let mut rest = data;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            let (head, tail) = rest.split_at(pos);
+            if self.partial[idx].is_empty() {
+                self.push_line(stream, head);
+            } else {
+                let mut line = std::mem::take(&mut self.partial[idx]);
+                line.extend_from_slice(head);
+                self.push_line(stream, &line);
+            }
+            rest = &tail[1..];
+        }
+        if !rest.is_empty() && !self.truncated {
+            let room = limits::MAX_LOG_LINE_BYTES.saturating_sub(self.partial[idx].len());
+            self.partial[idx].extend_from_slice(&rest[..rest.len().min(room)]);
+            if self.partial[idx].len() >= limits::MAX_LOG_LINE_BYTES {
+                let line = std::mem::take(&mut self.partial[idx]);
+                self.push_line(stream, &line);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let line = std::mem::take(&mut self.partial[stream as usize]);
+            if !line.is_empty() {
+                self.push_line(stream, &line);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    meta: InvocationMeta,
+    started_at: SystemTime,
+    start: Instant,
+    end: Mutex<Option<(Instant, Outcome, Option<u16>)>>,
+    cold: AtomicBool,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    logs: Mutex<LogBuf>,
+    sink: RecordSink,
+}
+
+/// A handle on one invocation in flight. Clones share state; the record is emitted when the
+/// last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Invocation(Arc<Inner>);
+
+impl Invocation {
+    /// Starts the clock for a new invocation.
+    pub fn start(meta: InvocationMeta, sink: &RecordSink) -> Self {
+        Invocation(Arc::new(Inner {
+            meta,
+            started_at: SystemTime::now(),
+            start: Instant::now(),
+            end: Mutex::new(None),
+            cold: AtomicBool::new(false),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            logs: Mutex::new(LogBuf::default()),
+            sink: sink.clone(),
+        }))
+    }
+
+    /// Identity of the invocation.
+    pub fn meta(&self) -> &InvocationMeta {
+        &self.0.meta
+    }
+
+    /// Its id.
+    pub fn id(&self) -> InvocationId {
+        self.0.meta.id
+    }
+
+    /// Marks the invocation as a cold start.
+    pub fn set_cold(&self, cold: bool) {
+        self.0.cold.store(cold, Ordering::Relaxed);
+    }
+
+    /// Counts request body bytes.
+    pub fn add_bytes_in(&self, n: u64) {
+        self.0.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts response body bytes.
+    pub fn add_bytes_out(&self, n: u64) {
+        self.0.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records how the invocation ended. The first call wins: the runtime reports a trap or
+    /// timeout before the gateway reports the status it answered.
+    pub fn finish(&self, outcome: Outcome, status: Option<u16>) {
+        let mut end = self.0.end.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *end {
+            None => *end = Some((Instant::now(), outcome, status)),
+            Some((_, _, s @ None)) => *s = status,
+            Some(_) => {}
+        }
+    }
+
+    /// Sets the status answered, keeping an outcome already reported.
+    pub fn set_status(&self, status: u16) {
+        let mut end = self.0.end.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, s @ None)) = &mut *end {
+            *s = Some(status);
+        }
+    }
+
+    /// Whether an outcome was already recorded.
+    pub fn is_finished(&self) -> bool {
+        self.0.end.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Appends function output; split into lines and bounded per invocation.
+    pub fn write_log(&self, stream: Stream, data: &[u8]) {
+        self.0.logs.lock().unwrap_or_else(|e| e.into_inner()).write(stream, data);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let (end, outcome, status) = self
+            .end
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or((now, Outcome::Cancelled, None));
+        let logs = self.logs.get_mut().unwrap_or_else(|e| e.into_inner());
+        logs.flush();
+        let rec = FinishedInvocation {
+            meta: self.meta.clone(),
+            started_at: self.started_at,
+            // The response body may end after the function: count until the later of the two.
+            duration: now.max(end).duration_since(self.start),
+            outcome,
+            status,
+            cold: self.cold.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            logs_truncated: logs.truncated,
+            logs: std::mem::take(&mut logs.entries),
+        };
+        self.sink.offer(rec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> InvocationMeta {
+        InvocationMeta {
+            id: InvocationId::new(),
+            app: "a".into(),
+            function: "f".into(),
+            revision: 1,
+            trigger: "http",
+        }
+    }
+
+    #[test]
+    fn record_emitted_once_when_last_clone_drops() {
+        let (sink, rx) = record_channel(4);
+        let inv = Invocation::start(meta(), &sink);
+        let other = inv.clone();
+        inv.write_log(Stream::Stdout, b"hello\nwor");
+        inv.write_log(Stream::Stdout, b"ld\npartial");
+        inv.finish(Outcome::Trap, None);
+        inv.set_status(500);
+        inv.add_bytes_out(3);
+        drop(inv);
+        assert!(rx.try_recv().is_err(), "emitted before the last clone dropped");
+        drop(other);
+        let rec = rx.try_recv().unwrap();
+        assert_eq!(rec.outcome, Outcome::Trap);
+        assert_eq!(rec.status, Some(500));
+        assert_eq!(rec.bytes_out, 3);
+        let lines: Vec<_> = rec.logs.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(lines, ["hello", "world", "partial"]);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn logs_are_bounded_with_a_marker() {
+        let (sink, rx) = record_channel(4);
+        let inv = Invocation::start(meta(), &sink);
+        for _ in 0..(limits::MAX_LOG_LINES_PER_INVOCATION + 50) {
+            inv.write_log(Stream::Stderr, b"spam\n");
+        }
+        drop(inv);
+        let rec = rx.try_recv().unwrap();
+        assert!(rec.logs_truncated);
+        assert_eq!(rec.logs.len(), limits::MAX_LOG_LINES_PER_INVOCATION + 1);
+        assert!(rec.logs.last().unwrap().line.contains("log output cut"));
+        assert_eq!(rec.outcome, Outcome::Cancelled);
+    }
+
+    #[test]
+    fn full_sink_counts_drops() {
+        let (sink, _rx) = record_channel(1);
+        drop(Invocation::start(meta(), &sink));
+        drop(Invocation::start(meta(), &sink));
+        assert_eq!(sink.stats().sent.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.stats().dropped.load(Ordering::Relaxed), 1);
+    }
+}

@@ -16,12 +16,16 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body with nothing in it.
 pub fn empty_body() -> Body {
-    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A body holding `bytes`.
 pub fn full_body(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Which code runs a request: one function of one revision of one app.
@@ -104,7 +108,9 @@ impl InvokeError {
             InvokeError::MemoryLimit { .. } => O::MemoryLimit,
             InvokeError::Trap { .. } => O::Trap,
             InvokeError::NoResponse => O::NoResponse,
-            InvokeError::Unavailable { .. } | InvokeError::Throttled { .. } | InvokeError::Internal(_) => O::Internal,
+            InvokeError::Unavailable { .. }
+            | InvokeError::Throttled { .. }
+            | InvokeError::Internal(_) => O::Internal,
         }
     }
 }

@@ -47,7 +47,6 @@ error_codes! {
     InvalidManifest => "invalid_manifest", 400, "the app's nubo.toml is invalid";
     InvalidComponent => "invalid_component", 400, "a function's code is not a valid wasi:http component";
     CompileFailed => "compile_failed", 400, "a function's code could not be compiled within the limits";
-    DeployInProgress => "deploy_in_progress", 409, "another deploy of the same app is running";
     AppNotFound => "app_not_found", 404, "no app with that name is deployed";
     FunctionNotFound => "function_not_found", 404, "the app has no function with that name";
     InvocationNotFound => "invocation_not_found", 404, "no invocation with that id is recorded";
@@ -72,8 +71,35 @@ mod tests {
         let mut seen = HashSet::new();
         for code in ErrorCode::ALL {
             assert!(seen.insert(code.as_str()), "duplicate {code}");
-            assert!(code.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
             assert!((400..600).contains(&code.status()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod docs_tests {
+    use super::ErrorCode;
+
+    /// docs/errors.md must list every code with its status and meaning, so it stays true.
+    #[test]
+    fn docs_list_every_code() {
+        let doc = include_str!("../../../docs/errors.md");
+        for code in ErrorCode::ALL {
+            let row = format!(
+                "| `{}` | {} | {} |",
+                code.as_str(),
+                code.status(),
+                code.meaning()
+            );
+            assert!(
+                doc.contains(&row),
+                "docs/errors.md lacks or misstates: {row}"
+            );
         }
     }
 }

@@ -12,6 +12,7 @@ mod ids;
 pub mod limits;
 pub mod manifest;
 mod route;
+mod time;
 mod units;
 
 pub use dispatch::{
@@ -22,6 +23,7 @@ pub use ids::{InvocationId, NameError, validate_name};
 pub use route::{
     MethodSet, RouteError, RouteMatch, RoutePattern, RouteTable, RouteTableBuilder, Segment,
 };
+pub use time::{from_millis, rfc3339, rfc3339_millis, to_millis};
 pub use units::{ByteSize, HumanDuration, parse_byte_size, parse_duration};
 
 /// What happened to one invocation, as stored in its record and shown by `nubo invocations`.

@@ -170,11 +170,18 @@ struct Src<'a> {
 
 impl Src<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
     }
 
     fn err<T>(&self, s: &Spanned<T>, message: impl Into<String>) -> ManifestError {
-        ManifestError { line: Some(self.line(s.span().start)), message: message.into() }
+        ManifestError {
+            line: Some(self.line(s.span().start)),
+            message: message.into(),
+        }
     }
 
     /// The table header (`[function.api]`, `[[route]]`, …) in force at `offset`.
@@ -194,18 +201,25 @@ pub fn parse(text: &str) -> Result<Manifest, ManifestErrors> {
     if text.len() > limits::MAX_MANIFEST_BYTES {
         return Err(ManifestErrors(vec![ManifestError {
             line: None,
-            message: format!("the manifest is larger than {} bytes", limits::MAX_MANIFEST_BYTES),
+            message: format!(
+                "the manifest is larger than {} bytes",
+                limits::MAX_MANIFEST_BYTES
+            ),
         }]));
     }
     let src = Src { text };
-    let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestErrors(vec![de_error(&src, &e)]))?;
-    validate(&src, raw)
+    let raw: RawManifest =
+        toml::from_str(text).map_err(|e| ManifestErrors(vec![de_error(&src, &e)]))?;
+    validate(&src, &raw)
 }
 
 fn de_error(src: &Src<'_>, e: &toml::de::Error) -> ManifestError {
     let line = e.span().map(|s| src.line(s.start));
     let msg = e.message().trim().to_string();
-    let table = e.span().and_then(|s| src.table_at(s.start)).map(str::to_string);
+    let table = e
+        .span()
+        .and_then(|s| src.table_at(s.start))
+        .map(str::to_string);
     // serde's "unknown field `x`, expected one of ..." → our wording with a suggestion.
     if let Some(rest) = msg.strip_prefix("unknown field `")
         && let Some(key) = rest.split('`').next()
@@ -222,12 +236,17 @@ fn de_error(src: &Src<'_>, e: &toml::de::Error) -> ManifestError {
             None => format!("; the keys allowed here are: {}", keys.join(", ")),
         };
         let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
-        return ManifestError { line, message: format!("unknown key \"{key}\"{where_}{at}{hint}") };
+        return ManifestError {
+            line,
+            message: format!("unknown key \"{key}\"{where_}{at}{hint}"),
+        };
     }
     if msg.starts_with("duplicate key") {
         return ManifestError {
             line,
-            message: format!("{msg}: each function and key may be defined only once; rename or remove the duplicate"),
+            message: format!(
+                "{msg}: each function and key may be defined only once; rename or remove the duplicate"
+            ),
         };
     }
     let message = match &table {
@@ -260,7 +279,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn validate(src: &Src<'_>, raw: RawManifest) -> Result<Manifest, ManifestErrors> {
+fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors> {
     let mut errs = Vec::new();
     let app = match &raw.app {
         Some(app) => {
@@ -281,7 +300,10 @@ fn validate(src: &Src<'_>, raw: RawManifest) -> Result<Manifest, ManifestErrors>
     if raw.function.len() > limits::MAX_FUNCTIONS_PER_APP {
         errs.push(ManifestError {
             line: None,
-            message: format!("an app may have at most {} functions", limits::MAX_FUNCTIONS_PER_APP),
+            message: format!(
+                "an app may have at most {} functions",
+                limits::MAX_FUNCTIONS_PER_APP
+            ),
         });
     }
     if raw.function.is_empty() {
@@ -357,7 +379,13 @@ fn validate(src: &Src<'_>, raw: RawManifest) -> Result<Manifest, ManifestErrors>
             Some(b) => {
                 let v = b.get_ref().0;
                 if v > limits::MAX_DEPLOY_BYTES {
-                    errs.push(src.err(b, format!("{at} max_request_body {} is too large: use at most 256MiB", b.get_ref())));
+                    errs.push(src.err(
+                        b,
+                        format!(
+                            "{at} max_request_body {} is too large: use at most 256MiB",
+                            b.get_ref()
+                        ),
+                    ));
                 }
                 v
             }
@@ -384,7 +412,14 @@ fn validate(src: &Src<'_>, raw: RawManifest) -> Result<Manifest, ManifestErrors>
             env.insert(key.clone(), v.clone());
         }
         if env.len() > limits::MAX_ENV_VARS || env_bytes > limits::MAX_ENV_BYTES {
-            errs.push(src.err(f_span, format!("{at} env is too large: at most {} variables and {} bytes", limits::MAX_ENV_VARS, limits::MAX_ENV_BYTES)));
+            errs.push(src.err(
+                f_span,
+                format!(
+                    "{at} env is too large: at most {} variables and {} bytes",
+                    limits::MAX_ENV_VARS,
+                    limits::MAX_ENV_BYTES
+                ),
+            ));
         }
         functions.insert(
             fname,
@@ -404,7 +439,10 @@ fn validate(src: &Src<'_>, raw: RawManifest) -> Result<Manifest, ManifestErrors>
     if raw.route.len() > limits::MAX_ROUTES_PER_APP {
         errs.push(ManifestError {
             line: None,
-            message: format!("an app may have at most {} routes", limits::MAX_ROUTES_PER_APP),
+            message: format!(
+                "an app may have at most {} routes",
+                limits::MAX_ROUTES_PER_APP
+            ),
         });
     }
     let mut routes = Vec::new();
@@ -421,12 +459,19 @@ fn validate(src: &Src<'_>, raw: RawManifest) -> Result<Manifest, ManifestErrors>
                 known.join(", ")
             )));
         }
-        let methods: Vec<String> = r.methods.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default();
+        let methods: Vec<String> = r
+            .methods
+            .as_ref()
+            .map(|m| m.get_ref().clone())
+            .unwrap_or_default();
         let ms = match MethodSet::parse(&methods) {
             Ok(ms) => ms,
             Err(e) => {
                 let at = r.methods.as_ref().map(|m| src.line(m.span().start));
-                errs.push(ManifestError { line: at, message: format!("[[route]] methods: {e}") });
+                errs.push(ManifestError {
+                    line: at,
+                    message: format!("[[route]] methods: {e}"),
+                });
                 continue;
             }
         };
@@ -444,11 +489,19 @@ fn validate(src: &Src<'_>, raw: RawManifest) -> Result<Manifest, ManifestErrors>
         if let Err(e) = table.add(ms, pattern, (), label) {
             errs.push(src.err(&r.path, e.to_string()));
         }
-        routes.push(RouteSpec { path: r.path.get_ref().clone(), methods, function });
+        routes.push(RouteSpec {
+            path: r.path.get_ref().clone(),
+            methods,
+            function,
+        });
     }
 
     if errs.is_empty() {
-        Ok(Manifest { app, functions, routes })
+        Ok(Manifest {
+            app,
+            functions,
+            routes,
+        })
     } else {
         errs.sort_by_key(|e| e.line.unwrap_or(0));
         Err(ManifestErrors(errs))

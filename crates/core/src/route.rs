@@ -74,18 +74,23 @@ impl RoutePattern {
         let mut segments = Vec::new();
         let mut wildcard = false;
         let body = &path[1..];
-        let parts: Vec<&str> = if body.is_empty() { Vec::new() } else { body.split('/').collect() };
+        let parts: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').collect()
+        };
         let mut names = std::collections::HashSet::new();
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
             if *part == "..." {
                 if !last {
-                    return Err(invalid("'...' may only be the last segment, like \"/static/...\""));
+                    return Err(invalid(
+                        "'...' may only be the last segment, like \"/static/...\"",
+                    ));
                 }
                 wildcard = true;
             } else if let Some(name) = part.strip_prefix(':') {
-                if name.is_empty()
-                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
                     return Err(invalid(
                         "a parameter segment is ':' followed by letters, digits or '_', like \"/users/:id\"",
@@ -106,12 +111,18 @@ impl RoutePattern {
                     "segments may not contain '?', '#', spaces, '*' or braces; use ':name' for a parameter and a final '/...' for a wildcard",
                 ));
             } else if part.starts_with("...") || part.ends_with("...") {
-                return Err(invalid("a wildcard is a whole final segment: write \"/prefix/...\""));
+                return Err(invalid(
+                    "a wildcard is a whole final segment: write \"/prefix/...\"",
+                ));
             } else {
                 segments.push(Segment::Literal((*part).into()));
             }
         }
-        Ok(RoutePattern { segments, wildcard, source: path.into() })
+        Ok(RoutePattern {
+            segments,
+            wildcard,
+            source: path.into(),
+        })
     }
 
     /// The pattern as written.
@@ -161,7 +172,9 @@ impl MethodSet {
                 return Ok(MethodSet::Any);
             }
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) || m.len() > 20 {
-                return Err(RouteError::InvalidMethod { method: m.to_string() });
+                return Err(RouteError::InvalidMethod {
+                    method: m.to_string(),
+                });
             }
             out.push(m.to_ascii_uppercase().into());
         }
@@ -203,10 +216,16 @@ struct Entry<T> {
     label: String,
 }
 
+/// The parameter child of a node and the parameter names that lead to it.
+type ParamChild<T> = (Box<Node<T>>, Vec<Box<str>>);
+
+/// A route's shape (literal or parameter per segment, wildcard) → the routes with that shape.
+type Shapes = HashMap<(Vec<Option<String>>, bool), Vec<(MethodSet, String)>>;
+
 #[derive(Debug)]
 struct Node<T> {
     literals: HashMap<Box<str>, Node<T>>,
-    param: Option<(Box<Node<T>>, Vec<Box<str>>)>,
+    param: Option<ParamChild<T>>,
     /// Routes ending exactly here.
     here: Vec<Entry<T>>,
     /// Routes with a wildcard starting here.
@@ -215,7 +234,12 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node { literals: HashMap::new(), param: None, here: Vec::new(), rest: Vec::new() }
+        Node {
+            literals: HashMap::new(),
+            param: None,
+            here: Vec::new(),
+            rest: Vec::new(),
+        }
     }
 }
 
@@ -223,13 +247,17 @@ impl<T> Default for Node<T> {
 #[derive(Debug)]
 pub struct RouteTableBuilder<T> {
     root: Node<T>,
-    shapes: HashMap<(Vec<Option<String>>, bool), Vec<(MethodSet, String)>>,
+    shapes: Shapes,
     len: usize,
 }
 
 impl<T> Default for RouteTableBuilder<T> {
     fn default() -> Self {
-        RouteTableBuilder { root: Node::default(), shapes: HashMap::new(), len: 0 }
+        RouteTableBuilder {
+            root: Node::default(),
+            shapes: HashMap::new(),
+            len: 0,
+        }
     }
 }
 
@@ -252,7 +280,10 @@ impl<T> RouteTableBuilder<T> {
         let key = (shape.iter().map(|s| s.map(str::to_string)).collect(), wild);
         let same = self.shapes.entry(key).or_default();
         if let Some((_, first)) = same.iter().find(|(m, _)| m.overlaps(&methods)) {
-            return Err(RouteError::Ambiguous { first: first.clone(), second: label });
+            return Err(RouteError::Ambiguous {
+                first: first.clone(),
+                second: label,
+            });
         }
         same.push((methods.clone(), label.clone()));
 
@@ -262,14 +293,20 @@ impl<T> RouteTableBuilder<T> {
             node = match seg {
                 Segment::Literal(l) => node.literals.entry(l.clone()).or_default(),
                 Segment::Param(name) => {
-                    let (child, names) =
-                        node.param.get_or_insert_with(|| (Box::default(), Vec::new()));
+                    let (child, names) = node
+                        .param
+                        .get_or_insert_with(|| (Box::default(), Vec::new()));
                     names.push(name.clone());
                     child
                 }
             };
         }
-        let entry = Entry { methods, pattern: pattern.clone(), target, label };
+        let entry = Entry {
+            methods,
+            pattern: pattern.clone(),
+            target,
+            label,
+        };
         if pattern.wildcard {
             node.rest.push(entry);
         } else {
@@ -281,7 +318,10 @@ impl<T> RouteTableBuilder<T> {
 
     /// Freezes the table.
     pub fn build(self) -> RouteTable<T> {
-        RouteTable { root: self.root, len: self.len }
+        RouteTable {
+            root: self.root,
+            len: self.len,
+        }
     }
 }
 
@@ -294,7 +334,10 @@ pub struct RouteTable<T> {
 
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
-        RouteTable { root: Node::default(), len: 0 }
+        RouteTable {
+            root: Node::default(),
+            len: 0,
+        }
     }
 }
 
@@ -340,7 +383,14 @@ impl<T> RouteTable<T> {
         }
         let mut params = Vec::new();
         let mut path_matched = false;
-        match Self::walk(&self.root, &segs, path, method, &mut params, &mut path_matched) {
+        match Self::walk(
+            &self.root,
+            &segs,
+            path,
+            method,
+            &mut params,
+            &mut path_matched,
+        ) {
             Some(m) => Ok(m),
             None => Err(path_matched),
         }
@@ -424,9 +474,18 @@ mod tests {
     fn table(routes: &[(&str, &str, &'static str)]) -> RouteTable<&'static str> {
         let mut b = RouteTableBuilder::new();
         for (methods, path, target) in routes {
-            let ms: Vec<&str> = if methods.is_empty() { vec![] } else { methods.split(',').collect() };
-            b.add(MethodSet::parse(&ms).unwrap(), RoutePattern::parse(path).unwrap(), *target, *path)
-                .unwrap();
+            let ms: Vec<&str> = if methods.is_empty() {
+                vec![]
+            } else {
+                methods.split(',').collect()
+            };
+            b.add(
+                MethodSet::parse(&ms).unwrap(),
+                RoutePattern::parse(path).unwrap(),
+                *target,
+                *path,
+            )
+            .unwrap();
         }
         b.build()
     }
@@ -461,33 +520,60 @@ mod tests {
         let t = table(&[("GET", "/a", "get"), ("POST,PUT", "/a", "write")]);
         assert_eq!(t.lookup("GET", "/a").map(|m| *m.target), Ok("get"));
         assert_eq!(t.lookup("PUT", "/a").map(|m| *m.target), Ok("write"));
-        assert_eq!(t.lookup("DELETE", "/a").map(|m| *m.target).unwrap_err(), true);
-        assert_eq!(t.lookup("GET", "/b").map(|m| *m.target).unwrap_err(), false);
+        assert!(
+            t.lookup("DELETE", "/a").map(|m| *m.target).unwrap_err(),
+            "405"
+        );
+        assert!(
+            !t.lookup("GET", "/b").map(|m| *m.target).unwrap_err(),
+            "404"
+        );
     }
 
     #[test]
     fn method_mismatch_falls_back_to_less_specific() {
         let t = table(&[("GET", "/users/me", "me"), ("POST", "/users/:id", "update")]);
-        assert_eq!(t.lookup("POST", "/users/me").map(|m| *m.target), Ok("update"));
+        assert_eq!(
+            t.lookup("POST", "/users/me").map(|m| *m.target),
+            Ok("update")
+        );
     }
 
     #[test]
     fn ambiguity_is_refused() {
         let mut b = RouteTableBuilder::new();
         let any = MethodSet::Any;
-        b.add(any.clone(), RoutePattern::parse("/users/:id").unwrap(), 1, "a").unwrap();
-        let err = b.add(any.clone(), RoutePattern::parse("/users/:name").unwrap(), 2, "b");
+        b.add(
+            any.clone(),
+            RoutePattern::parse("/users/:id").unwrap(),
+            1,
+            "a",
+        )
+        .unwrap();
+        let err = b.add(
+            any.clone(),
+            RoutePattern::parse("/users/:name").unwrap(),
+            2,
+            "b",
+        );
         assert!(matches!(err, Err(RouteError::Ambiguous { .. })));
         let get = MethodSet::parse(&["GET"]).unwrap();
         let post = MethodSet::parse(&["post"]).unwrap();
-        b.add(get.clone(), RoutePattern::parse("/x").unwrap(), 3, "c").unwrap();
-        b.add(post, RoutePattern::parse("/x/").unwrap(), 4, "d").unwrap();
-        assert!(b.add(get, RoutePattern::parse("/x").unwrap(), 5, "e").is_err());
+        b.add(get.clone(), RoutePattern::parse("/x").unwrap(), 3, "c")
+            .unwrap();
+        b.add(post, RoutePattern::parse("/x/").unwrap(), 4, "d")
+            .unwrap();
+        assert!(
+            b.add(get, RoutePattern::parse("/x").unwrap(), 5, "e")
+                .is_err()
+        );
     }
 
     #[test]
     fn bad_patterns() {
-        for bad in ["hello", "/a//b", "/.../x", "/a/:", "/a/:x/:x", "/a/b*", "/a/x..."] {
+        for bad in [
+            "hello", "/a//b", "/.../x", "/a/:", "/a/:x/:x", "/a/b*", "/a/x...",
+        ] {
             assert!(RoutePattern::parse(bad).is_err(), "{bad} accepted");
         }
         assert!(MethodSet::parse(&["GE T"]).is_err());

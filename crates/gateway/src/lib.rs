@@ -1,1 +1,19 @@
-//! nubo-gateway
+//! The gateway: the listener every request enters through. It routes app traffic to functions
+//! through [`nubo_core::Dispatch`] (never the runtime directly), serves the admin API and ops
+//! endpoints under `/_nubo/`, and turns every failure into a JSON error with a stable code.
+//!
+//! Invariants:
+//! - The request path takes no global lock and does no disk IO: the route table is a lock-free
+//!   snapshot, and the invocation record is handed to a bounded channel when the response ends.
+//! - Every accepted request is answered: the function's response, or a JSON error carrying a
+//!   code from the registry and the invocation id.
+//! - The admin API answers only loopback clients unless an admin key is configured.
+
+mod admin;
+mod body;
+mod data;
+mod rescue;
+mod server;
+
+pub use rescue::error_response;
+pub use server::{AdminAuth, Gateway, GatewayConfig, ServeError};

@@ -1,1 +1,161 @@
-//! nubo-store
+//! Nubo's embedded storage backend: apps and their immutable revisions in SQLite (WAL mode),
+//! code as content-addressed blobs, compiled artifacts, and invocation records and logs written
+//! by one batching thread.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! <data_dir>/nubo.db                                  SQLite: apps, revisions, records, logs
+//! <data_dir>/blobs/sha256/<2 hex>/<64 hex>            component code, named by its sha256
+//! <data_dir>/artifacts/<artifact_key>/<digest>.cwasm  compiled code, per engine build
+//! ```
+//!
+//! Every method is synchronous; async callers run them on `spawn_blocking`.
+//!
+//! Invariants:
+//! - A revision is immutable and its number is never reused for its app, even after the app is
+//!   removed and deployed again.
+//! - `commit_revision` is one transaction with `synchronous=FULL`: when it returns, the revision
+//!   and the app's new live pointer survive a crash or power loss.
+//! - Files are written to a temporary name, synced, renamed into place and the directory
+//!   synced, so a reader never sees a partly written blob or artifact.
+//! - A digest or artifact key taken from outside is validated before it becomes part of a path,
+//!   so none can point outside the data directory.
+//! - Invocation records and logs are bounded in number (see [`MAX_INVOCATION_ROWS`] and
+//!   [`MAX_LOG_ROWS`]); the oldest are pruned.
+
+mod blobs;
+mod error;
+mod records;
+mod revisions;
+mod schema;
+mod time;
+mod writer;
+
+pub use blobs::validate_digest;
+pub use error::StoreError;
+pub use records::{MAX_QUERY_ROWS, invocation_record};
+pub use revisions::{FunctionCode, NewRevision, RevisionRecord};
+pub use time::format_rfc3339;
+pub use writer::{
+    BATCH_LINGER, BROADCAST_CAPACITY, CommittedInvocation, MAX_BATCH, MAX_INVOCATION_ROWS,
+    MAX_LOG_ROWS, RecordWriter, Retention, WriterCounts,
+};
+
+use rusqlite::Connection;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The database file's name inside the data directory.
+const DB_FILE: &str = "nubo.db";
+
+/// How long a connection waits for another one's write lock before failing with "database is
+/// locked". Writes are short (one revision, one batch of records), so this is only reached when
+/// something is badly wrong.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The embedded store. `Send + Sync`: share it behind an `Arc`.
+pub struct Store {
+    dir: PathBuf,
+    db_path: PathBuf,
+    /// Metadata writes (revisions, app pointers), `synchronous=FULL` so a returned commit is on
+    /// disk. The record writer has its own connection so a batch of records never waits behind
+    /// a deploy or the other way round.
+    write: Mutex<Connection>,
+    /// Queries. WAL lets it read while the writers write.
+    read: Mutex<Connection>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How hard SQLite works to make a commit durable, per connection.
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    /// Every commit is synced to disk before it returns.
+    Full,
+    /// Commits are synced at checkpoints: a power loss may lose the last moments, never corrupt
+    /// the database. Used for invocation records, which are telemetry.
+    Normal,
+}
+
+impl Store {
+    /// Opens (creating when needed) the store under `data_dir`, migrating the schema to the
+    /// current version.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let dir = std::path::absolute(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        blobs::create_private_dir(&dir)?;
+        blobs::create_private_dir(&dir.join(blobs::BLOBS_DIR))?;
+        blobs::create_private_dir(&dir.join(blobs::ARTIFACTS_DIR))?;
+        blobs::remove_stale_temp_files(&dir);
+
+        let db_path = dir.join(DB_FILE);
+        let mut write = open_connection(&db_path, Durability::Full)?;
+        schema::migrate(&mut write, &db_path)?;
+        let read = open_connection(&db_path, Durability::Full)?;
+        // Guards against a query method ever writing through the read connection.
+        read.pragma_update(None, "query_only", true)
+            .map_err(|source| StoreError::Open {
+                path: db_path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            dir,
+            db_path,
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+        })
+    }
+
+    /// The data directory (absolute).
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock rolled its transaction back when the `Transaction`
+        // dropped, so the connection is still usable.
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.read.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NoWal {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(open_err)?;
+    Ok(conn)
+}

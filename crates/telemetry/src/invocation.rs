@@ -115,7 +115,13 @@ impl RecordSink {
 /// A bounded channel for finished invocations; the receiver belongs to the batching writer.
 pub fn record_channel(capacity: usize) -> (RecordSink, Receiver<FinishedInvocation>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-    (RecordSink { tx, stats: Arc::default() }, rx)
+    (
+        RecordSink {
+            tx,
+            stats: Arc::default(),
+        },
+        rx,
+    )
 }
 
 #[derive(Debug, Default)]
@@ -196,7 +202,9 @@ struct Inner {
     meta: InvocationMeta,
     started_at: SystemTime,
     start: Instant,
-    end: Mutex<Option<(Instant, Outcome, Option<u16>)>>,
+    end: Mutex<Option<(Instant, Outcome)>>,
+    /// HTTP status answered; 0 until known.
+    status: std::sync::atomic::AtomicU16,
     cold: AtomicBool,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -217,6 +225,7 @@ impl Invocation {
             started_at: SystemTime::now(),
             start: Instant::now(),
             end: Mutex::new(None),
+            status: std::sync::atomic::AtomicU16::new(0),
             cold: AtomicBool::new(false),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -250,45 +259,56 @@ impl Invocation {
         self.0.bytes_out.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Records how the invocation ended. The first call wins: the runtime reports a trap or
-    /// timeout before the gateway reports the status it answered.
+    /// Records how the invocation ended (and, when given, the status answered). The first
+    /// outcome wins: the runtime reports a trap or timeout as it happens, and a later report
+    /// from the gateway does not overwrite it.
     pub fn finish(&self, outcome: Outcome, status: Option<u16>) {
+        if let Some(s) = status {
+            self.set_status(s);
+        }
         let mut end = self.0.end.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *end {
-            None => *end = Some((Instant::now(), outcome, status)),
-            Some((_, _, s @ None)) => *s = status,
-            Some(_) => {}
+        if end.is_none() {
+            *end = Some((Instant::now(), outcome));
         }
     }
 
-    /// Sets the status answered, keeping an outcome already reported.
+    /// Records the HTTP status answered to the client; the last call wins.
     pub fn set_status(&self, status: u16) {
-        let mut end = self.0.end.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, _, s @ None)) = &mut *end {
-            *s = Some(status);
-        }
+        self.0.status.store(status, Ordering::Relaxed);
     }
 
     /// Whether an outcome was already recorded.
     pub fn is_finished(&self) -> bool {
-        self.0.end.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.0
+            .end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Appends function output; split into lines and bounded per invocation.
     pub fn write_log(&self, stream: Stream, data: &[u8]) {
-        self.0.logs.lock().unwrap_or_else(|e| e.into_inner()).write(stream, data);
+        self.0
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(stream, data);
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let now = Instant::now();
-        let (end, outcome, status) = self
+        let (end, outcome) = self
             .end
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .unwrap_or((now, Outcome::Cancelled, None));
+            .unwrap_or((now, Outcome::Cancelled));
+        let status = match self.status.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        };
         let logs = self.logs.get_mut().unwrap_or_else(|e| e.into_inner());
         logs.flush();
         let rec = FinishedInvocation {
@@ -333,7 +353,10 @@ mod tests {
         inv.set_status(500);
         inv.add_bytes_out(3);
         drop(inv);
-        assert!(rx.try_recv().is_err(), "emitted before the last clone dropped");
+        assert!(
+            rx.try_recv().is_err(),
+            "emitted before the last clone dropped"
+        );
         drop(other);
         let rec = rx.try_recv().unwrap();
         assert_eq!(rec.outcome, Outcome::Trap);

@@ -8,8 +8,8 @@
 mod invocation;
 
 pub use invocation::{
-    FinishedInvocation, Invocation, InvocationMeta, LogEntry, RecordSink, RecordSinkStats,
-    Stream, record_channel,
+    FinishedInvocation, Invocation, InvocationMeta, LogEntry, RecordSink, RecordSinkStats, Stream,
+    record_channel,
 };
 
 /// Installs the global tracing subscriber: human-readable lines on stderr, filtered by

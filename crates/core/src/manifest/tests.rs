@@ -50,7 +50,12 @@ const BROKEN: &[(&str, &str, usize, &[&str])] = &[
         "unknown key",
         "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nmemroy = \"1MiB\"\n",
         5,
-        &["unknown key \"memroy\"", "[function.api]", "line 5", "did you mean \"memory\""],
+        &[
+            "unknown key \"memroy\"",
+            "[function.api]",
+            "line 5",
+            "did you mean \"memory\"",
+        ],
     ),
     (
         "unknown top-level table",
@@ -68,7 +73,10 @@ const BROKEN: &[(&str, &str, usize, &[&str])] = &[
         "missing source",
         "[app]\nname = \"a\"\n[function.api]\nmemory = \"1MiB\"\n",
         3,
-        &["[function.api] is missing `source`", "source = \"target/wasm32-wasip2/release/api.wasm\""],
+        &[
+            "[function.api] is missing `source`",
+            "source = \"target/wasm32-wasip2/release/api.wasm\"",
+        ],
     ),
     (
         "duplicate function",

@@ -1,0 +1,404 @@
+//! The invocation record writer: one OS thread that drains the record channel in batches, writes
+//! each batch in one transaction, prunes old rows now and then, and announces what it committed
+//! to `logs -f` followers.
+//!
+//! It runs on its own thread (not a tokio task) because every step is blocking SQLite work, and
+//! with its own connection (`synchronous=NORMAL`: records are telemetry, and a power loss may
+//! cost the last moments of them but never corrupts the database).
+
+use crate::records::invocation_record;
+use crate::{Durability, Store, StoreError, time};
+use nubo_core::api::v1::{InvocationRecord, LogLine};
+use nubo_telemetry::FinishedInvocation;
+use rusqlite::{Connection, TransactionBehavior, params};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Most records written in one transaction. Bounds how long the writer holds the database's
+/// write lock (a deploy waits behind it) and the memory of one batch.
+pub const MAX_BATCH: usize = 512;
+
+/// How long the writer waits for more records after the first of a batch. Trades a little
+/// `logs -f` latency for fewer, larger transactions when records trickle in.
+pub const BATCH_LINGER: Duration = Duration::from_millis(20);
+
+/// How often an idle writer wakes to see whether it was asked to stop. Bounds how long a clean
+/// shutdown waits for an idle writer.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// Most invocation records kept; older ones are pruned. Bounds disk use: without it a busy
+/// function (or a client hammering one) would fill the disk with records.
+pub const MAX_INVOCATION_ROWS: u64 = 100_000;
+
+/// Most log lines kept; older ones are pruned. Bounds disk use: without it a chatty function
+/// would exhaust the disk with its output.
+pub const MAX_LOG_ROWS: u64 = 1_000_000;
+
+/// Committed invocations buffered for each `logs -f` follower. Bounds the memory a slow
+/// follower can pin; one that falls further behind gets `Lagged` and should catch up from the
+/// database with its last cursor.
+pub const BROADCAST_CAPACITY: usize = 1024;
+
+/// Pruning runs after this fraction (1/N) of a limit has been written since the last prune, so
+/// the tables exceed their limits by at most about 1% between prunes, and the delete work is
+/// spread out instead of running on every batch.
+const PRUNE_FRACTION: u64 = 100;
+
+/// How many records and log lines the writer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most invocation records kept.
+    pub max_invocations: u64,
+    /// Most log lines kept.
+    pub max_log_lines: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_invocations: MAX_INVOCATION_ROWS,
+            max_log_lines: MAX_LOG_ROWS,
+        }
+    }
+}
+
+/// An invocation as committed to the database: its record, and its log lines with the cursors
+/// they were stored under. Sent to followers after the transaction commits, so a follower that
+/// then queries the database finds it.
+#[derive(Debug, Clone)]
+pub struct CommittedInvocation {
+    /// The record.
+    pub record: InvocationRecord,
+    /// Log lines in order, each with its cursor.
+    pub logs: Vec<(i64, LogLine)>,
+}
+
+/// Totals of the writer so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterCounts {
+    /// Invocation records committed.
+    pub written: u64,
+    /// Invocation records that could not be written (logged with the reason).
+    pub failed: u64,
+    /// Log lines committed.
+    pub log_lines: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    written: AtomicU64,
+    failed: AtomicU64,
+    log_lines: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> WriterCounts {
+        WriterCounts {
+            written: self.written.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            log_lines: self.log_lines.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The running record writer. Dropping it (or calling [`RecordWriter::shutdown`]) writes
+/// everything already queued and joins the thread; records sent after that are counted as
+/// dropped by the sink.
+#[derive(Debug)]
+pub struct RecordWriter {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    followers: broadcast::Sender<Arc<CommittedInvocation>>,
+}
+
+impl RecordWriter {
+    /// A receiver of every invocation committed from now on (`logs -f`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommittedInvocation>> {
+        self.followers.subscribe()
+    }
+
+    /// Totals so far.
+    pub fn counts(&self) -> WriterCounts {
+        self.counters.snapshot()
+    }
+
+    /// Invocation records committed so far.
+    pub fn written(&self) -> u64 {
+        self.counters.written.load(Ordering::Relaxed)
+    }
+
+    /// Invocation records that could not be written so far.
+    pub fn failed(&self) -> u64 {
+        self.counters.failed.load(Ordering::Relaxed)
+    }
+
+    /// Writes every record already queued, stops the thread and returns the final totals.
+    /// Blocking: on an async runtime, call it from `spawn_blocking`.
+    pub fn shutdown(mut self) -> WriterCounts {
+        self.stop_and_join();
+        self.counters.snapshot()
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the invocation record writer panicked; records still queued are lost");
+        }
+    }
+}
+
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+impl Store {
+    /// Starts the record writer on its own thread with the default [`Retention`].
+    pub fn spawn_record_writer(
+        &self,
+        rx: Receiver<FinishedInvocation>,
+    ) -> Result<RecordWriter, StoreError> {
+        self.spawn_record_writer_with(rx, Retention::default())
+    }
+
+    /// Starts the record writer with explicit retention limits.
+    pub fn spawn_record_writer_with(
+        &self,
+        rx: Receiver<FinishedInvocation>,
+        retention: Retention,
+    ) -> Result<RecordWriter, StoreError> {
+        let conn = crate::open_connection(&self.db_path, Durability::Normal)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let (followers, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let mut worker = Worker {
+            conn,
+            rx,
+            stop: stop.clone(),
+            counters: counters.clone(),
+            followers: followers.clone(),
+            retention,
+            since_prune: (0, 0),
+        };
+        let thread = std::thread::Builder::new()
+            .name("nubo-records".into())
+            .spawn(move || worker.run())
+            .map_err(StoreError::Spawn)?;
+        Ok(RecordWriter {
+            thread: Some(thread),
+            stop,
+            counters,
+            followers,
+        })
+    }
+}
+
+struct Worker {
+    conn: Connection,
+    rx: Receiver<FinishedInvocation>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    followers: broadcast::Sender<Arc<CommittedInvocation>>,
+    retention: Retention,
+    /// Invocations and log lines written since the last prune.
+    since_prune: (u64, u64),
+}
+
+impl Worker {
+    fn run(&mut self) {
+        // Limits may have been lowered since the last run: apply them before adding more.
+        self.prune();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while self.next_batch(&mut batch) {
+            self.write(&batch);
+            batch.clear();
+            let (invocations, lines) = self.since_prune;
+            if invocations >= (self.retention.max_invocations / PRUNE_FRACTION).max(1)
+                || lines >= (self.retention.max_log_lines / PRUNE_FRACTION).max(1)
+            {
+                self.prune();
+            }
+        }
+        // Leave the tables within their limits at rest.
+        self.prune();
+    }
+
+    /// Fills `batch`; returns false when there is nothing left to do (asked to stop and the
+    /// queue is empty, or every sender is gone).
+    fn next_batch(&self, batch: &mut Vec<FinishedInvocation>) -> bool {
+        loop {
+            // Once asked to stop, take only what is already queued, without waiting.
+            if self.stop.load(Ordering::Acquire) {
+                match self.rx.try_recv() {
+                    Ok(first) => batch.push(first),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return false,
+                }
+                while batch.len() < MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                return true;
+            }
+            match self.rx.recv_timeout(IDLE_POLL) {
+                Ok(first) => {
+                    batch.push(first);
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        let deadline = Instant::now() + BATCH_LINGER;
+        while batch.len() < MAX_BATCH {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let next = if wait.is_zero() || self.stop.load(Ordering::Acquire) {
+                self.rx.try_recv().map_err(|_| ())
+            } else {
+                self.rx.recv_timeout(wait).map_err(|_| ())
+            };
+            match next {
+                Ok(rec) => batch.push(rec),
+                Err(()) => break,
+            }
+        }
+        true
+    }
+
+    fn write(&mut self, batch: &[FinishedInvocation]) {
+        match write_batch(&mut self.conn, batch) {
+            Ok(committed) => {
+                let lines: usize = committed.iter().map(|c| c.logs.len()).sum();
+                self.counters
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .log_lines
+                    .fetch_add(lines as u64, Ordering::Relaxed);
+                self.since_prune.0 += batch.len() as u64;
+                self.since_prune.1 += lines as u64;
+                for c in committed {
+                    // No followers is the normal case, not an error.
+                    let _ = self.followers.send(c);
+                }
+            }
+            Err(e) => {
+                self.counters
+                    .failed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    error = %e,
+                    records = batch.len(),
+                    "cannot write invocation records; they are lost (check free disk space in the data directory)"
+                );
+            }
+        }
+    }
+
+    fn prune(&mut self) {
+        match prune(&self.conn, self.retention) {
+            Ok((invocations, lines)) => {
+                if invocations + lines > 0 {
+                    tracing::debug!(invocations, lines, "pruned old invocation records and logs");
+                }
+                self.since_prune = (0, 0);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot prune old invocation records"),
+        }
+    }
+}
+
+/// Clamps an unsigned count to SQLite's signed integers.
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[FinishedInvocation],
+) -> rusqlite::Result<Vec<Arc<CommittedInvocation>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut committed = Vec::with_capacity(batch.len());
+    {
+        // OR IGNORE: a duplicate id (which ULIDs make practically impossible) must not cost the
+        // whole batch.
+        let mut insert_invocation = tx.prepare_cached(
+            "INSERT OR IGNORE INTO invocations (id, app, function, revision, trigger,
+                 started_at_us, duration_us, outcome, status, cold, bytes_in, bytes_out,
+                 logs_truncated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut insert_log = tx.prepare_cached(
+            "INSERT INTO logs (invocation_id, app, function, time_us, stream, line)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for fin in batch {
+            let record = invocation_record(fin);
+            insert_invocation.execute(params![
+                record.id,
+                record.app,
+                record.function,
+                signed(record.revision),
+                record.trigger,
+                time::to_micros(fin.started_at),
+                signed(record.duration_us),
+                record.outcome,
+                record.status,
+                record.cold,
+                signed(record.bytes_in),
+                signed(record.bytes_out),
+                record.logs_truncated,
+            ])?;
+            let mut logs = Vec::with_capacity(fin.logs.len());
+            for entry in &fin.logs {
+                let stream = entry.stream.as_str();
+                insert_log.execute(params![
+                    record.id,
+                    record.app,
+                    record.function,
+                    time::to_micros(entry.time),
+                    stream,
+                    entry.line,
+                ])?;
+                logs.push((
+                    tx.last_insert_rowid(),
+                    LogLine {
+                        invocation_id: record.id.clone(),
+                        app: record.app.clone(),
+                        function: record.function.clone(),
+                        time: time::format_rfc3339(entry.time),
+                        stream: stream.to_string(),
+                        line: entry.line.clone(),
+                    },
+                ));
+            }
+            committed.push(Arc::new(CommittedInvocation { record, logs }));
+        }
+    }
+    tx.commit()?;
+    Ok(committed)
+}
+
+/// Deletes the oldest rows beyond the limits. Ids only grow (AUTOINCREMENT) and rows are only
+/// deleted from the old end, so "more than N below the newest" is exactly "not among the
+/// newest N".
+fn prune(conn: &Connection, retention: Retention) -> rusqlite::Result<(usize, usize)> {
+    let invocations = conn.execute(
+        "DELETE FROM invocations WHERE seq <= (SELECT MAX(seq) FROM invocations) - ?1",
+        [signed(retention.max_invocations)],
+    )?;
+    let lines = conn.execute(
+        "DELETE FROM logs WHERE cursor <= (SELECT MAX(cursor) FROM logs) - ?1",
+        [signed(retention.max_log_lines)],
+    )?;
+    Ok((invocations, lines))
+}

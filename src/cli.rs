@@ -1,0 +1,118 @@
+//! Command-line arguments.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Nubo: a self-hosted serverless platform. Deploy wasi:http components as apps; they run when
+/// requests arrive, one fresh instance per request.
+#[derive(Debug, Parser)]
+#[command(name = "nubo", version, about, long_about = None)]
+pub struct Cli {
+    /// Log more (also: NUBO_LOG=debug).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of commands that start a server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on; port 0 picks a free port (the first line printed names it).
+    #[arg(long, env = "NUBO_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Directory for state (apps, code, compiled artifacts, records, logs).
+    /// Default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo.
+    #[arg(long, env = "NUBO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How long shutdown waits for in-flight requests, e.g. "30s".
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    nubo_core::parse_duration(s)
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a Nubo server (node).
+    Server(ServerArgs),
+    /// Start an embedded server, build and deploy the app in DIR, and stream its logs.
+    Up {
+        /// The app's folder (holding nubo.toml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Server options.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Build the app in DIR and deploy it as a new revision.
+    Deploy {
+        /// The app's folder (holding nubo.toml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Skip the functions' build commands; deploy the files as they are.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// List deployed apps.
+    Ls,
+    /// Remove an app (it stops serving at once).
+    Rm {
+        /// App name.
+        app: String,
+    },
+    /// Invoke a function directly and print its response body.
+    Invoke {
+        /// APP/FUNCTION.
+        target: String,
+        /// Request body; @FILE reads a file, @- reads standard input.
+        #[arg(short = 'd', long = "data")]
+        data: Option<String>,
+        /// HTTP method (default POST with data, GET without).
+        #[arg(short = 'X', long = "method")]
+        method: Option<String>,
+        /// Path (and query) the function sees.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Extra request header, "Name: value" (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Print the status line and headers to stderr.
+        #[arg(short = 'i', long = "include")]
+        include: bool,
+    },
+    /// Show function log lines.
+    Logs {
+        /// APP or APP/FUNCTION.
+        target: String,
+        /// Keep streaming new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How far back, e.g. "10m", "1h".
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Show recent invocation records of an app.
+    Invocations {
+        /// App name.
+        app: String,
+        /// Only this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// How many (newest first).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: compile one component read from stdin (spawned by the server).
+    #[command(name = "__compile-worker", hide = true)]
+    CompileWorker,
+}

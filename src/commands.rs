@@ -1,0 +1,58 @@
+//! One module per subcommand; this file dispatches to them.
+
+mod apps;
+mod deploy;
+mod invoke;
+mod logs;
+mod server;
+mod up;
+
+use crate::cli::{Cli, Command};
+use std::process::ExitCode;
+
+pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Up { dir, server } => up::run(dir, server).await,
+        Command::Deploy { dir, no_build } => deploy::run(&dir, no_build).await,
+        Command::Ls => apps::ls().await,
+        Command::Rm { app } => apps::rm(&app).await,
+        Command::Invoke {
+            target,
+            data,
+            method,
+            path,
+            headers,
+            include,
+        } => invoke::run(&target, data, method, &path, &headers, include).await,
+        Command::Logs {
+            target,
+            follow,
+            since,
+        } => logs::run(&target, follow, since.as_deref()).await,
+        Command::Invocations {
+            app,
+            function,
+            limit,
+            json,
+        } => apps::invocations(&app, function.as_deref(), limit, json).await,
+        Command::CompileWorker => Ok(ExitCode::from(2)),
+    }
+}
+
+/// Splits `APP/FUNCTION` (function optional when `need_function` is false).
+pub(crate) fn split_target(
+    target: &str,
+    need_function: bool,
+) -> anyhow::Result<(String, Option<String>)> {
+    match target.split_once('/') {
+        Some((a, f)) if !a.is_empty() && !f.is_empty() && !f.contains('/') => {
+            Ok((a.to_string(), Some(f.to_string())))
+        }
+        None if !need_function && !target.is_empty() => Ok((target.to_string(), None)),
+        _ if need_function => {
+            anyhow::bail!("expected APP/FUNCTION, like `hello/hello`, got {target:?}")
+        }
+        _ => anyhow::bail!("expected APP or APP/FUNCTION, got {target:?}"),
+    }
+}

@@ -1,0 +1,30 @@
+//! `nubo server`: run a node until SIGTERM or SIGINT.
+
+use crate::cli::ServerArgs;
+use crate::server::{Server, ServerConfig, default_data_dir, shutdown_signal};
+use std::io::Write as _;
+use std::process::ExitCode;
+
+pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
+    ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir.clone().unwrap_or_else(default_data_dir),
+        admin_key: std::env::var("NUBO_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+        drain_timeout: args.drain_timeout,
+    }
+}
+
+pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let config = config(&args);
+    let server = Server::build(config.clone()).await?;
+    // The first stdout line names the bound address (tests and scripts read it with port 0).
+    let mut out = std::io::stdout();
+    writeln!(out, "nubo listening on http://{}", server.addr())?;
+    out.flush()?;
+    tracing::info!(data_dir = %config.data_dir.display(), "serving");
+    server.run(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,167 @@
+//! The embedded server: store, runtime, control plane and gateway wired together.
+
+use anyhow::Context as _;
+use nubo_control::Control;
+use nubo_gateway::{AdminAuth, Gateway, GatewayConfig};
+use nubo_runtime::{CompileWorker, RuntimeConfig, WasmRuntime};
+use nubo_store::Store;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// How many finished invocations may wait for the record writer before new ones are counted
+/// as dropped. Bounds memory when the disk is slow.
+const RECORD_QUEUE: usize = 16 * 1024;
+
+/// Operator settings of one server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Admin key; without one the admin API answers loopback clients only.
+    pub admin_key: Option<String>,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// The default state directory: `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("nubo");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/nubo"),
+        None => PathBuf::from(".nubo"),
+    }
+}
+
+/// A built server, bound and ready to serve.
+pub struct Server {
+    addr: SocketAddr,
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    writer: nubo_store::RecordWriter,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).finish()
+    }
+}
+
+impl Server {
+    /// Opens the store, starts the runtime, loads every deployed app from the compiled cache,
+    /// and binds the listener.
+    pub async fn build(config: ServerConfig) -> anyhow::Result<Server> {
+        if !config.listen.ip().is_loopback() && config.admin_key.is_none() {
+            anyhow::bail!(
+                "refusing to listen on {} without an admin key: the admin API would be open to the network; set NUBO_ADMIN_KEY to a long random secret (e.g. `export NUBO_ADMIN_KEY=$(openssl rand -hex 32)`) and give clients the same value as NUBO_TOKEN",
+                config.listen
+            );
+        }
+        let started = Instant::now();
+        let store = Arc::new(
+            Store::open(&config.data_dir)
+                .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?,
+        );
+        let exe =
+            std::env::current_exe().context("finding the nubo executable for compile workers")?;
+        let runtime = Arc::new(
+            WasmRuntime::new(RuntimeConfig {
+                compile_worker: Some(CompileWorker {
+                    program: exe,
+                    args: vec!["__compile-worker".into()],
+                }),
+                ..RuntimeConfig::default()
+            })
+            .context("starting the wasm runtime")?,
+        );
+        let (sink, rx) = nubo_telemetry::record_channel(RECORD_QUEUE);
+        let writer = store
+            .spawn_record_writer(rx)
+            .context("starting the record writer")?;
+        let control = Arc::new(Control::new(store, runtime.clone()));
+        let report = control.restore().await;
+        tracing::info!(
+            apps = report.apps,
+            functions = report.functions,
+            recompiled = report.recompiled,
+            failed = report.failed,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "loaded {} apps in {} ms",
+            report.apps,
+            report.elapsed.as_millis()
+        );
+        let listener = TcpListener::bind(config.listen).await.with_context(|| {
+            format!(
+                "listening on {} (is another server running there? use --listen)",
+                config.listen
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let gateway = Gateway::new(
+            control,
+            runtime,
+            sink,
+            GatewayConfig {
+                admin: config
+                    .admin_key
+                    .map_or(AdminAuth::LoopbackOnly, AdminAuth::Key),
+                drain_timeout: config.drain_timeout,
+                ..GatewayConfig::default()
+            },
+        );
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "server built"
+        );
+        Ok(Server {
+            addr,
+            listener,
+            gateway,
+            writer,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes, drains in-flight requests, and flushes records.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            gateway,
+            writer,
+            ..
+        } = self;
+        gateway.serve(listener, shutdown).await?;
+        drop(gateway);
+        // Give finished responses a moment to release their records, then flush them all.
+        tokio::task::spawn_blocking(move || writer.shutdown()).await?;
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: each starts the real `nubo` binary on 127.0.0.1:0 with its own data dir and
+//! talks to it over HTTP and through the CLI, as a user would.
+
+mod support;
+
+mod e2e {
+    mod admin;
+    mod bad_input;
+    mod deploy;
+    mod errors;
+    mod lifecycle;
+    mod logs;
+}

@@ -1,0 +1,143 @@
+//! Test guest `echo`: streams the request body back and exposes request details, env vars, chunked output and logging to tests.
+//!
+//! Every response is 200 and carries `x-echo-method`, `x-echo-path` (path with query, as the
+//! guest saw it) and, when the env var `NUBO_TEST_VAR` is set, `x-env` with its value.
+//! - `GET …/chunks?n=N[&delay_ms=M]`: writes N chunks `chunk 0\n` … `chunk N-1\n`, flushing each
+//!   and sleeping M ms (default 0) before each chunk after the first.
+//! - `GET …/logs?n=N`: prints `line 0` … `line N-1` to stdout and `stderr line` to stderr, then
+//!   answers `logged N`.
+//! - anything else: the request body is read chunk by chunk and each chunk is written back as it
+//!   arrives (no buffering of the whole body). The request's `content-type` is copied.
+
+use std::io::Write as _;
+
+use wasi::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasi::io::streams::{OutputStream, StreamError};
+
+/// Largest read from the request body at a time.
+const READ_CHUNK: u64 = 64 * 1024;
+
+struct Echo;
+
+wasi::http::proxy::export!(Echo);
+
+impl wasi::exports::http::incoming_handler::Guest for Echo {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let method = request.method();
+        let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
+        let route = path.split('?').next().unwrap_or("/").trim_end_matches('/');
+        let is_get = matches!(method, Method::Get);
+
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            ("x-echo-method".into(), method_name(&method).into_bytes()),
+            ("x-echo-path".into(), path.clone().into_bytes()),
+        ];
+        if let Ok(value) = std::env::var("NUBO_TEST_VAR") {
+            headers.push(("x-env".into(), value.into_bytes()));
+        }
+
+        if is_get && route.ends_with("/chunks") {
+            headers.push(("content-type".into(), b"text/plain".to_vec()));
+            let n = query_u64(&path, "n").unwrap_or(3);
+            let delay_ms = query_u64(&path, "delay_ms").unwrap_or(0);
+            stream_response(response_out, headers, |out| {
+                for i in 0..n {
+                    if i > 0 && delay_ms > 0 {
+                        wasi::clocks::monotonic_clock::subscribe_duration(delay_ms * 1_000_000).block();
+                    }
+                    write_chunk(out, format!("chunk {i}\n").as_bytes())?;
+                }
+                Ok(())
+            });
+        } else if is_get && route.ends_with("/logs") {
+            headers.push(("content-type".into(), b"text/plain".to_vec()));
+            let n = query_u64(&path, "n").unwrap_or(1);
+            {
+                let stdout = std::io::stdout();
+                let mut stdout = stdout.lock();
+                for i in 0..n {
+                    let _ = writeln!(stdout, "line {i}");
+                }
+                let _ = stdout.flush();
+            }
+            eprintln!("stderr line");
+            stream_response(response_out, headers, |out| write_chunk(out, format!("logged {n}\n").as_bytes()));
+        } else {
+            if let Some(ct) = request.headers().get("content-type").into_iter().next() {
+                headers.push(("content-type".into(), ct));
+            }
+            let incoming = request.consume().expect("the request body is taken once");
+            let input = incoming.stream().expect("the body stream is taken once");
+            stream_response(response_out, headers, |out| {
+                loop {
+                    match input.blocking_read(READ_CHUNK) {
+                        Ok(chunk) => write_chunk(out, &chunk)?,
+                        Err(StreamError::Closed) => return Ok(()),
+                        Err(StreamError::LastOperationFailed(e)) => {
+                            return Err(format!("reading the request body failed: {}", e.to_debug_string()))
+                        }
+                    }
+                }
+            });
+            drop(input);
+        }
+    }
+}
+
+/// Sends a 200 with `headers`, then lets `write` produce the body. A write error ends the body
+/// early (the host sees an incomplete response) and is logged to stderr.
+fn stream_response(
+    response_out: ResponseOutparam,
+    headers: Vec<(String, Vec<u8>)>,
+    write: impl FnOnce(&mut OutputStream) -> Result<(), String>,
+) {
+    let fields = Fields::from_list(&headers).expect("valid headers");
+    let response = OutgoingResponse::new(fields);
+    let body = response.body().expect("the body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    let mut out = body.write().expect("the stream is taken once");
+    let result = write(&mut out);
+    drop(out);
+    match result {
+        Ok(()) => OutgoingBody::finish(body, None).expect("finish the body"),
+        Err(message) => eprintln!("echo: {message}"),
+    }
+}
+
+/// Writes one chunk and flushes it, so it leaves the instance before the next one is produced.
+fn write_chunk(out: &mut OutputStream, bytes: &[u8]) -> Result<(), String> {
+    out.write_all(bytes).map_err(|e| format!("writing the response failed: {e}"))?;
+    out.flush().map_err(|e| format!("flushing the response failed: {e}"))
+}
+
+/// The value of `name` in the query string, as a number.
+fn query_u64(path_with_query: &str, name: &str) -> Option<u64> {
+    let query = path_with_query.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            v.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// The method as it appears on the wire, such as `GET`.
+fn method_name(method: &Method) -> String {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(other) => return other.clone(),
+    }
+    .to_string()
+}

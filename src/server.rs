@@ -142,7 +142,6 @@ impl Server {
             ..
         } = self;
         gateway.serve(listener, shutdown).await?;
-        drop(gateway);
         // Give finished responses a moment to release their records, then flush them all.
         tokio::task::spawn_blocking(move || writer.shutdown()).await?;
         Ok(())

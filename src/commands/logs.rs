@@ -6,7 +6,6 @@ use crate::commands::split_target;
 use anyhow::Context as _;
 use http::Method;
 use http_body_util::BodyExt;
-use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 

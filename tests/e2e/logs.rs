@@ -11,7 +11,7 @@ fn logs_are_captured_per_invocation() {
     let app = guest_app("echo", "echo", &guest("echo"), "", &["/echo/..."]);
     s.ok(&["deploy", "--no-build", app.path().to_str().unwrap()]);
     let r = http(s.addr, "GET", "/echo/logs?n=3", &[], b"");
-    assert_eq!(r.text(), "logged 3");
+    assert_eq!(r.text(), "logged 3\n");
     let id = r.header("nubo-invocation-id").unwrap().to_string();
     let inv = eventually(Duration::from_secs(10), || {
         let r = http(

@@ -1,1 +1,26 @@
-//! nubo-runtime
+//! Nubo's wasm executor: checks and compiles wasi:http components (optionally in a bounded
+//! worker process), loads them as pre-instantiated functions, and runs each request in a fresh
+//! instance on one shared wasmtime engine. Implements `nubo_core::engine::Engine` for the
+//! control plane and `nubo_core::Dispatch` for the gateway.
+//!
+//! Invariants:
+//! - One engine, one epoch ticker thread, one pooling allocator per process.
+//! - No state is shared between requests: every invocation gets a new `Store` and instance.
+//! - Functions reach no files, sockets or outbound HTTP; they link against all of WASI 0.2 and
+//!   policy refuses each use.
+//! - The request path takes no lock (functions are published with `ArcSwap`) and never
+//!   compiles.
+
+mod check;
+mod config;
+mod host;
+mod invoke;
+mod runtime;
+mod worker;
+
+pub use config::{
+    CompileWorker, DEFAULT_COMPILE_MEMORY_LIMIT, DEFAULT_COMPILE_TIMEOUT, DEFAULT_EPOCH_TICK,
+    DEFAULT_MAX_INSTANCES, RuntimeConfig,
+};
+pub use runtime::{RuntimeError, WasmRuntime};
+pub use worker::{EXIT_REFUSED, compile_worker_main};

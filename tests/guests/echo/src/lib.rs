@@ -1,9 +1,12 @@
 //! Test guest `echo`: streams the request body back and exposes request details, env vars, chunked output and logging to tests.
 //!
 //! Every response is 200 and carries `x-echo-method`, `x-echo-path` (path with query, as the
-//! guest saw it) and, when the env var `NUBO_TEST_VAR` is set, `x-env` with its value.
+//! guest saw it) and, when the env var `NUBO_TEST_VAR` is set, `x-env` with its value. The
+//! router's `nubo-param-id` and `nubo-path-info` headers come back as `x-param-id` and
+//! `x-path-info`.
 //! - `GET …/chunks?n=N[&delay_ms=M]`: writes N chunks `chunk 0\n` … `chunk N-1\n`, flushing each
 //!   and sleeping M ms (default 0) before each chunk after the first.
+//! - `GET …/sleep?ms=N`: waits N ms (a host timer, not a busy loop), then answers `slept N ms`.
 //! - `GET …/logs?n=N`: prints `line 0` … `line N-1` to stdout and `stderr line` to stderr, then
 //!   answers `logged N`.
 //! - anything else: the request body is read chunk by chunk and each chunk is written back as it
@@ -37,6 +40,11 @@ impl wasi::exports::http::incoming_handler::Guest for Echo {
         if let Ok(value) = std::env::var("NUBO_TEST_VAR") {
             headers.push(("x-env".into(), value.into_bytes()));
         }
+        for (from, to) in [("nubo-param-id", "x-param-id"), ("nubo-path-info", "x-path-info")] {
+            if let Some(v) = request.headers().get(from).into_iter().next() {
+                headers.push((to.into(), v));
+            }
+        }
 
         if is_get && route.ends_with("/chunks") {
             headers.push(("content-type".into(), b"text/plain".to_vec()));
@@ -51,6 +59,11 @@ impl wasi::exports::http::incoming_handler::Guest for Echo {
                 }
                 Ok(())
             });
+        } else if is_get && route.ends_with("/sleep") {
+            headers.push(("content-type".into(), b"text/plain".to_vec()));
+            let ms = query_u64(&path, "ms").unwrap_or(0);
+            wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+            stream_response(response_out, headers, |out| write_chunk(out, format!("slept {ms} ms").as_bytes()));
         } else if is_get && route.ends_with("/logs") {
             headers.push(("content-type".into(), b"text/plain".to_vec()));
             let n = query_u64(&path, "n").unwrap_or(1);

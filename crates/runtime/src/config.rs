@@ -1,0 +1,150 @@
+//! The runtime's configuration and the one place the wasmtime engine is configured, so the
+//! server and the compile worker always build engines whose artifacts are interchangeable.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Default number of wasm instances that may run at once. Bounds the pooling allocator's slots
+/// (and the virtual address space it reserves, about 4 GiB per memory slot).
+pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
+
+/// Default epoch tick. One ticker thread bumps the engine's epoch this often; timeouts are
+/// enforced with this granularity and CPU-bound guests yield to other requests this often.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Default wall-clock limit on compiling one component. Bounds deploy time spent on hostile or
+/// pathological code (huge functions, deep nesting).
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default memory limit of the compile worker process. Bounds the memory hostile code can make
+/// the compiler allocate; past it the worker dies instead of the server.
+pub const DEFAULT_COMPILE_MEMORY_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Linear memories per instance slot budgeted in the pool. Components from the usual toolchains
+/// hold one or two (the program and, for adapter-built ones, the WASI adapter).
+const MEMORIES_PER_INSTANCE: u32 = 2;
+
+/// Tables per instance slot budgeted in the pool (as for memories).
+const TABLES_PER_INSTANCE: u32 = 2;
+
+/// Core instances per component instance budgeted in the pool. Core instances cost only a
+/// counter and some heap, so this is generous: interpreters built as components
+/// (componentize-py, componentize-js) hold dozens of small shim instances.
+const CORE_INSTANCES_PER_INSTANCE: u32 = 50;
+
+/// Most linear memories one component may hold. Bounds how much of the pool a single
+/// (hostile) instance can take from everyone else.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 16;
+
+/// Most tables one component may hold (see [`MAX_MEMORIES_PER_COMPONENT`]).
+const MAX_TABLES_PER_COMPONENT: u32 = 16;
+
+/// Cap on an instance's runtime metadata (`VMContext`), per core instance and per component.
+/// Interpreters compiled to wasm have tens of thousands of functions; the memory is allocated
+/// on demand, so this only bounds a hostile component's host-side footprint.
+const MAX_CORE_INSTANCE_METADATA: usize = 4 * 1024 * 1024;
+/// See [`MAX_CORE_INSTANCE_METADATA`].
+const MAX_COMPONENT_INSTANCE_METADATA: usize = 16 * 1024 * 1024;
+
+/// Bytes of each linear memory reset with `memset` (only the dirty pages when the kernel has
+/// `PAGEMAP_SCAN`) instead of `madvise` when a slot is freed. Keeps the pages a typical request
+/// touches resident, avoiding page faults and the TLB-shootdown IPIs `madvise` causes; costs
+/// up to this much RSS per warm slot.
+const LINEAR_MEMORY_KEEP_RESIDENT: usize = 2 * 1024 * 1024;
+
+/// Same as [`LINEAR_MEMORY_KEEP_RESIDENT`] for tables.
+const TABLE_KEEP_RESIDENT: usize = 512 * 1024;
+
+/// Decommits (`madvise`) gathered before they are issued together; slot exhaustion flushes
+/// them early, so batching never makes an allocation fail.
+const DECOMMIT_BATCH_SIZE: usize = 16;
+
+/// How the runtime is sized and how it isolates compilation.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most wasm instances alive at once (each request runs in a fresh one). Sizes the pooling
+    /// allocator.
+    pub max_instances: u32,
+    /// How often the epoch advances: the granularity of timeouts.
+    pub epoch_tick: Duration,
+    /// Longest time one compilation may take.
+    pub compile_timeout: Duration,
+    /// Most memory (bytes of data segment, `RLIMIT_DATA`) the compile worker may use.
+    pub compile_memory_limit: u64,
+    /// The command that compiles in a separate process; `None` compiles on the calling thread,
+    /// without time or memory bounds (tests).
+    pub compile_worker: Option<CompileWorker>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_instances: DEFAULT_MAX_INSTANCES,
+            epoch_tick: DEFAULT_EPOCH_TICK,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            compile_memory_limit: DEFAULT_COMPILE_MEMORY_LIMIT,
+            compile_worker: None,
+        }
+    }
+}
+
+/// A program that runs [`compile_worker_main`](crate::compile_worker_main): the `nubo` binary
+/// passes itself with a hidden subcommand.
+#[derive(Debug, Clone)]
+pub struct CompileWorker {
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+}
+
+/// Everything that decides whether compiled code is compatible: shared by the server's engine
+/// and the compile worker's, so an artifact compiled by either loads in the other.
+pub(crate) fn base_config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    // Epoch checks are compiled into the code, so this must match between compiler and loader.
+    config.epoch_interruption(true);
+    config.memory_init_cow(true);
+    config
+}
+
+/// The server's engine configuration: [`base_config`] plus the pooling allocator sized from
+/// `max_instances`.
+pub(crate) fn pooled_config(max_instances: u32) -> wasmtime::Config {
+    let n = max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
+        .total_memories(n.saturating_mul(MEMORIES_PER_INSTANCE))
+        .total_tables(n.saturating_mul(TABLES_PER_INSTANCE))
+        .total_stacks(n)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .max_core_instance_size(MAX_CORE_INSTANCE_METADATA)
+        .max_component_instance_size(MAX_COMPONENT_INSTANCE_METADATA)
+        .max_memory_size(max_memory_size())
+        .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT)
+        .table_keep_resident(TABLE_KEEP_RESIDENT)
+        // Resets only the pages a request dirtied (Linux >= 6.7); `Auto` quietly falls back
+        // to plain `memset`/`madvise` where the ioctl is missing.
+        .pagemap_scan(Enabled::Auto)
+        .decommit_batch_size(DECOMMIT_BATCH_SIZE);
+    let mut config = base_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// The server's engine configuration without the pool, for hosts where reserving the pool's
+/// address space fails.
+pub(crate) fn on_demand_config() -> wasmtime::Config {
+    let mut config = base_config();
+    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    config
+}
+
+fn max_memory_size() -> usize {
+    usize::try_from(nubo_core::limits::MAX_FUNCTION_MEMORY).unwrap_or(usize::MAX)
+}

@@ -1,0 +1,248 @@
+//! The per-request host state a guest runs against: WASI and wasi:http contexts built from
+//! policy (no files, no sockets, no outbound HTTP), the memory limiter and the log capture.
+
+use bytes::Bytes;
+use nubo_telemetry::{Invocation, Stream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// Most host resources (streams, headers, pollables…) one instance may hold at once. Bounds the
+/// host memory a guest can pin outside its linear memory, which its `memory` limit does not
+/// cover; real handlers hold a few dozen.
+const MAX_RESOURCES_PER_INSTANCE: usize = 50_000;
+
+/// Bytes a guest may hand to stdout/stderr in one write. The invocation's log buffer has its
+/// own caps; this only keeps a single call from copying an unbounded slice.
+const LOG_WRITE_BUDGET: usize = 64 * 1024;
+
+/// The `T` of every `Store<T>`: one per request, dropped with the instance.
+pub(crate) struct Host {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) hooks: Hooks,
+    pub(crate) limiter: MemoryLimiter,
+    /// Epoch ticks the guest may still run before it is interrupted.
+    pub(crate) ticks_left: u64,
+}
+
+impl Host {
+    /// Host state for one invocation of a function with `env`, `memory_limit` bytes of linear
+    /// memory and `ticks` epoch ticks of time. Output goes to `invocation`'s logs.
+    pub(crate) fn new(
+        invocation: Option<&Invocation>,
+        env: &[(String, String)],
+        memory_limit: u64,
+        ticks: u64,
+    ) -> Host {
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(env)
+            .stdout(LogOutput {
+                invocation: invocation.cloned(),
+                stream: Stream::Stdout,
+            })
+            .stderr(LogOutput {
+                invocation: invocation.cloned(),
+                stream: Stream::Stderr,
+            })
+            // Policy, not missing imports, keeps functions off the network: the socket
+            // interfaces link, every use is refused.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES_PER_INSTANCE);
+        Host {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table,
+            hooks: Hooks {
+                invocation: invocation.cloned(),
+            },
+            limiter: MemoryLimiter::new(memory_limit),
+            ticks_left: ticks,
+        }
+    }
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Enforces a function's `memory` on the sum of its linear memories, and remembers that it
+/// refused to grow one so the trap that usually follows is reported as a memory limit.
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+    used: usize,
+    pub(crate) hit: bool,
+}
+
+impl MemoryLimiter {
+    fn new(limit: u64) -> MemoryLimiter {
+        MemoryLimiter {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            used: 0,
+            hit: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let used = self.used.saturating_sub(current).saturating_add(desired);
+        if used > self.limit {
+            // Refusing (rather than trapping) keeps wasm semantics: `memory.grow` returns -1
+            // and a guest that handles allocation failure may still answer.
+            self.hit = true;
+            return Ok(false);
+        }
+        self.used = used;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Table size is capped by the pool's `table_elements`.
+        Ok(true)
+    }
+}
+
+/// wasi:http policy hooks: every outbound request is refused and the refusal logged to the
+/// function's own output, where its author will look.
+pub(crate) struct Hooks {
+    invocation: Option<Invocation>,
+}
+
+type SendRequestFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<wasmtime_wasi_http::WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendRequestFuture {
+        if let Some(invocation) = &self.invocation {
+            let line = format!(
+                "[nubo] outbound request to {} denied: functions cannot reach the network \
+                 (outbound hosts are not allowed in this version)\n",
+                request.uri()
+            );
+            invocation.write_log(Stream::Stderr, line.as_bytes());
+        }
+        Box::new(std::future::ready(Err(
+            wasmtime_wasi_http::Error::HttpRequestDenied,
+        )))
+    }
+}
+
+/// A guest's stdout or stderr, appended to its invocation's log lines.
+#[derive(Clone)]
+struct LogOutput {
+    invocation: Option<Invocation>,
+    stream: Stream,
+}
+
+impl LogOutput {
+    fn write_bytes(&self, bytes: &[u8]) {
+        if let Some(invocation) = &self.invocation {
+            invocation.write_log(self.stream, bytes);
+        }
+    }
+}
+
+impl IsTerminal for LogOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        // Direct implementation: the default adapter would spawn a task per stream.
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogOutput {
+    async fn ready(&mut self) {
+        // Always writable: writes land in memory.
+    }
+}
+
+impl OutputStream for LogOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(LOG_WRITE_BUDGET)
+    }
+}
+
+impl tokio::io::AsyncWrite for LogOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = buf.len().min(LOG_WRITE_BUDGET);
+        self.write_bytes(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

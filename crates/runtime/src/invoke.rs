@@ -1,0 +1,414 @@
+//! The request path: one fresh instance per request, run on its own task under the function's
+//! time and memory limits, its response streamed back as soon as the guest sets it.
+//!
+//! Hot path: a lock-free lookup of the pre-instantiated function, a new `Store`, one task. No
+//! locks are taken here except the invocation's own log buffer when the guest prints.
+
+use crate::host::Host;
+use crate::runtime::{Loaded, WasmRuntime};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use nubo_core::{Body, BoxError, Dispatch, FunctionTarget, InvokeError, InvokeFuture, Outcome};
+use nubo_telemetry::{Invocation, Stream};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll, ready};
+use tokio::task::JoinHandle;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode as HttpErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Longest trap description handed to clients and records; the full error goes to the logs.
+const MAX_TRAP_MESSAGE: usize = 200;
+
+/// Seconds a client is asked to wait when every pool slot is busy.
+const POOL_FULL_RETRY_AFTER_SECS: u32 = 1;
+
+impl Dispatch for WasmRuntime {
+    fn invoke(&self, target: &FunctionTarget, request: http::Request<Body>) -> InvokeFuture {
+        match self.functions.load().get(target) {
+            Some(loaded) => Box::pin(invoke(Arc::clone(loaded), request)),
+            None => Box::pin(std::future::ready(Err(InvokeError::Unavailable {
+                app: target.app.to_string(),
+                function: target.function.to_string(),
+                revision: target.revision,
+            }))),
+        }
+    }
+}
+
+async fn invoke(
+    loaded: Arc<Loaded>,
+    mut request: http::Request<Body>,
+) -> Result<http::Response<Body>, InvokeError> {
+    let invocation = request.extensions_mut().remove::<Invocation>();
+    // Only the first invocation of a loaded function is cold; the load is cheap to test first
+    // so warm requests never write the shared flag.
+    let cold = !loaded.warm.load(Ordering::Relaxed) && !loaded.warm.swap(true, Ordering::Relaxed);
+    if let (true, Some(invocation)) = (cold, &invocation) {
+        invocation.set_cold(true);
+    }
+
+    let host = Host::new(
+        invocation.as_ref(),
+        &loaded.env,
+        loaded.memory_limit,
+        loaded.ticks,
+    );
+    let mut store = Store::new(loaded.pre.engine(), host);
+    store.limiter(|host| &mut host.limiter);
+    // Every tick past the first the guest yields to other requests; when its ticks run out it
+    // traps. A guest blocked in host I/O is not interrupted by epochs: the task's timer is.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut cx| {
+        let host = cx.data_mut();
+        if host.ticks_left == 0 {
+            return Err(Trap::Interrupt.into());
+        }
+        host.ticks_left -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
+
+    let scheme = match request.uri().scheme() {
+        Some(s) if *s == http::uri::Scheme::HTTPS => Scheme::Https,
+        _ => Scheme::Http,
+    };
+    // wasi:http requires an authority: the URI's, else the Host header's.
+    if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("localhost"),
+        );
+    }
+    let request = request.map(|body| body.map_err(|e| request_body_error(&e)));
+    let shared = Arc::new(Shared::default());
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (req, out) = {
+        let mut http = store.data_mut().http();
+        let req = http
+            .new_incoming_request(scheme, request)
+            .map_err(|e| host_error(&e))?;
+        let flag = Arc::clone(&shared);
+        let answered = invocation.clone();
+        let out = http
+            .new_response_outparam_from_callback(move |response| {
+                flag.responded(response.is_ok());
+                // Recorded here, not by the waiting caller, so it is known whenever the guest
+                // task records the outcome.
+                if let (Ok(response), Some(invocation)) = (&response, &answered) {
+                    invocation.set_status(response.status().as_u16());
+                }
+                let _ = sender.send(response);
+            })
+            .map_err(|e| host_error(&e))?;
+        (req, out)
+    };
+
+    let mut task = GuestTask(Some(tokio::spawn(run_guest(
+        store,
+        Arc::clone(&loaded),
+        req,
+        out,
+        invocation.clone(),
+        Arc::clone(&shared),
+    ))));
+
+    match receiver.await {
+        Ok(Ok(response)) => {
+            // The guest keeps running on its task to stream the body.
+            task.detach();
+            Ok(response.map(|inner| {
+                GuestBody {
+                    inner,
+                    shared,
+                    ended: false,
+                }
+                .boxed_unsync()
+            }))
+        }
+        Ok(Err(code)) => {
+            // Its task records the outcome when it ends.
+            task.detach();
+            Err(InvokeError::Trap {
+                message: format!("the function answered with an error: {}", describe(&code)),
+            })
+        }
+        // The response outparam was dropped unset: the guest ended (or threw it away).
+        Err(_) => match task.join().await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(InvokeError::NoResponse),
+            Err(e) => Err(InvokeError::Internal(format!(
+                "the function's task failed: {e}"
+            ))),
+        },
+    }
+}
+
+/// Instantiates and runs the guest to completion (or its limits), then records how it ended.
+async fn run_guest(
+    mut store: Store<Host>,
+    loaded: Arc<Loaded>,
+    req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
+    out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+    invocation: Option<Invocation>,
+    shared: Arc<Shared>,
+) -> Result<(), InvokeError> {
+    let ran = tokio::time::timeout(loaded.timeout, async {
+        let proxy = loaded.pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, req, out)
+            .await
+    })
+    .await;
+    let result = match ran {
+        Err(_elapsed) => Err(timeout_error(&loaded)),
+        Ok(Ok(())) => shared.returned(),
+        Ok(Err(error)) => classify(&error, store.data().limiter.hit, &loaded, &shared),
+    };
+    // Publish the end before dropping the store: dropping it closes the response body, whose
+    // reader then learns from `shared` whether the body is complete.
+    shared.end(&result);
+    if let Some(invocation) = &invocation {
+        match &result {
+            Ok(()) => invocation.finish(Outcome::Ok, None),
+            // The guest failed writing to a client that had gone: not the function's fault.
+            Err(_) if shared.client_gone() => invocation.finish(Outcome::Cancelled, None),
+            Err(e) => {
+                let line = format!("[nubo] {e}\n");
+                invocation.write_log(Stream::Stderr, line.as_bytes());
+                invocation.finish(e.outcome(), None);
+            }
+        }
+    }
+    drop(store);
+    result
+}
+
+/// Maps an error out of the guest to what the caller is told.
+fn classify(
+    error: &wasmtime::Error,
+    memory_limit_hit: bool,
+    loaded: &Loaded,
+    shared: &Shared,
+) -> Result<(), InvokeError> {
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return Err(timeout_error(loaded));
+    }
+    if memory_limit_hit {
+        return Err(InvokeError::MemoryLimit {
+            limit_bytes: loaded.memory_limit,
+        });
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        // `exit(0)` is a normal end; whether it answered decides the outcome.
+        if exit.0 == 0 {
+            return shared.returned();
+        }
+        return Err(InvokeError::Trap {
+            message: format!("the function exited with status {}", exit.0),
+        });
+    }
+    if error.is::<wasmtime::PoolConcurrencyLimitError>() {
+        return Err(InvokeError::Throttled {
+            retry_after_secs: POOL_FULL_RETRY_AFTER_SECS,
+        });
+    }
+    let message = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
+    Err(InvokeError::Trap {
+        message: shorten(message),
+    })
+}
+
+fn timeout_error(loaded: &Loaded) -> InvokeError {
+    InvokeError::Timeout {
+        timeout_ms: u64::try_from(loaded.timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+fn shorten(mut message: String) -> String {
+    if let Some(end) = message.find('\n') {
+        message.truncate(end);
+    }
+    if message.len() > MAX_TRAP_MESSAGE {
+        let mut cut = MAX_TRAP_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
+fn describe(code: &HttpErrorCode) -> String {
+    shorten(format!("{code:?}"))
+}
+
+/// A failure of Nubo itself while preparing the request.
+fn host_error(error: &wasmtime::Error) -> InvokeError {
+    InvokeError::Internal(format!(
+        "cannot prepare the request for the function: {error:#}"
+    ))
+}
+
+fn request_body_error(error: &BoxError) -> wasmtime_wasi_http::Error {
+    wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
+}
+
+/// The guest's task; aborted if the caller stops waiting before the response starts (the
+/// client went away), detached once the response is handed over.
+struct GuestTask(Option<JoinHandle<Result<(), InvokeError>>>);
+
+impl GuestTask {
+    fn detach(&mut self) {
+        self.0 = None;
+    }
+
+    async fn join(&mut self) -> Result<Result<(), InvokeError>, tokio::task::JoinError> {
+        match &mut self.0 {
+            Some(handle) => {
+                let result = handle.await;
+                self.0 = None;
+                result
+            }
+            None => Ok(Ok(())),
+        }
+    }
+}
+
+impl Drop for GuestTask {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// What the request path and the response body learn from the guest's task.
+#[derive(Default)]
+struct Shared {
+    response: AtomicU8,
+    end: AtomicU8,
+    /// The response body was dropped before it ended: the client went away.
+    client_gone: AtomicBool,
+}
+
+const RESPONSE_NONE: u8 = 0;
+const RESPONSE_OK: u8 = 1;
+const RESPONSE_ERROR: u8 = 2;
+
+const END_RUNNING: u8 = 0;
+const END_OK: u8 = 1;
+const END_TIMEOUT: u8 = 2;
+const END_MEMORY: u8 = 3;
+const END_TRAP: u8 = 4;
+const END_OTHER: u8 = 5;
+
+impl Shared {
+    fn responded(&self, ok: bool) {
+        let value = if ok { RESPONSE_OK } else { RESPONSE_ERROR };
+        self.response.store(value, Ordering::Release);
+    }
+
+    /// The outcome of a guest that returned normally.
+    fn returned(&self) -> Result<(), InvokeError> {
+        match self.response.load(Ordering::Acquire) {
+            RESPONSE_OK => Ok(()),
+            RESPONSE_ERROR => Err(InvokeError::Trap {
+                message: "the function answered with an error instead of a response".into(),
+            }),
+            RESPONSE_NONE => Err(InvokeError::NoResponse),
+            _ => Err(InvokeError::Internal("unknown response state".into())),
+        }
+    }
+
+    fn end(&self, result: &Result<(), InvokeError>) {
+        let value = match result {
+            Ok(()) => END_OK,
+            Err(InvokeError::Timeout { .. }) => END_TIMEOUT,
+            Err(InvokeError::MemoryLimit { .. }) => END_MEMORY,
+            Err(InvokeError::Trap { .. }) => END_TRAP,
+            Err(_) => END_OTHER,
+        };
+        self.end.store(value, Ordering::Release);
+    }
+
+    fn client_gone(&self) -> bool {
+        self.client_gone.load(Ordering::Acquire)
+    }
+
+    /// Why the guest failed, if it did.
+    fn failure(&self) -> Option<&'static str> {
+        match self.end.load(Ordering::Acquire) {
+            END_RUNNING | END_OK => None,
+            END_TIMEOUT => Some("ran past its timeout"),
+            END_MEMORY => Some("exceeded its memory limit"),
+            END_TRAP => Some("trapped"),
+            _ => Some("failed"),
+        }
+    }
+}
+
+/// Error ending a response body whose function failed after the response started.
+#[derive(Debug, thiserror::Error)]
+#[error("the function {0} after it started its response")]
+struct FailedAfterResponse(&'static str);
+
+/// The guest's response body; ends with an error instead of looking complete when the guest
+/// trapped or timed out mid-body.
+struct GuestBody {
+    inner: HyperOutgoingBody,
+    shared: Arc<Shared>,
+    ended: bool,
+}
+
+impl http_body::Body for GuestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(e)) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            None => {
+                self.ended = true;
+                match self.shared.failure() {
+                    Some(why) => Poll::Ready(Some(Err(Box::new(FailedAfterResponse(why))))),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || (self.inner.is_end_stream() && self.shared.failure().is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GuestBody {
+    fn drop(&mut self) {
+        if !self.ended && !http_body::Body::is_end_stream(&self.inner) {
+            self.shared.client_gone.store(true, Ordering::Release);
+        }
+    }
+}

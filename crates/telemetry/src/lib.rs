@@ -19,8 +19,10 @@ pub fn init_tracing(default_level: &str) {
     let filter = EnvFilter::try_from_env("NUBO_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("{default_level},wasmtime=warn,cranelift=warn"))
     });
+    use std::io::IsTerminal as _;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

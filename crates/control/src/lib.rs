@@ -159,7 +159,7 @@ impl Control {
                 self.apps.store(Arc::new(apps));
             }
             Err(e) => {
-                tracing::error!(error = %e, "stored apps have conflicting routes; serving none")
+                tracing::error!(error = %e, "stored apps have conflicting routes; serving none");
             }
         }
         report.elapsed = start.elapsed();

@@ -1,0 +1,139 @@
+//! A tiny blocking HTTP/1.1 client for the driver's own requests (readiness polls, deploys): one
+//! request per connection (`Connection: close`), loopback only, bounded in time and size.
+
+use anyhow::{Context as _, bail, ensure};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Largest response the driver reads.
+const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
+
+/// A response: status and (de-chunked) body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as text, shortened for messages.
+    pub fn text(&self) -> String {
+        let t = String::from_utf8_lossy(&self.body);
+        let t = t.trim();
+        if t.chars().count() > 300 {
+            format!("{}…", t.chars().take(300).collect::<String>())
+        } else {
+            t.to_string()
+        }
+    }
+}
+
+/// `GET path`.
+pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<Response> {
+    request(addr, "GET", path, None, &[], timeout)
+}
+
+/// Sends one request and reads the whole answer. `timeout` bounds connecting and each read or
+/// write.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<Response> {
+    ensure!(
+        addr.ip().is_loopback(),
+        "the benchmark only talks to loopback, not {addr}"
+    );
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.take(MAX_RESPONSE).read_to_end(&mut buf)?;
+    parse(&buf).with_context(|| format!("{method} {path} on {addr}"))
+}
+
+fn parse(buf: &[u8]) -> anyhow::Result<Response> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        bail!("the connection closed before a complete response head");
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("malformed status line {status_line:?}"))?;
+    let mut chunked = false;
+    let mut length = None;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+            chunked = true;
+        } else if k == "content-length" {
+            length = v.parse::<usize>().ok();
+        }
+    }
+    let rest = &buf[end + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        match length {
+            Some(n) => rest[..n.min(rest.len())].to_vec(),
+            None => rest.to_vec(),
+        }
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            bail!("truncated chunked body");
+        };
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("malformed chunk size {size_text:?}"))?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        ensure!(data.len() >= size, "truncated chunk");
+        out.extend_from_slice(&data[..size]);
+        data = data.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked() {
+        let r = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+        let r = parse(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        assert_eq!((r.status, &r.body[..]), (201, &b"abcde"[..]));
+        assert!(parse(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+}

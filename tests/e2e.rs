@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real `nubo` binary on 127.0.0.1:0 with its own data dir and
 //! talks to it over HTTP and through the CLI, as a user would.
 
+#[path = "e2e/support.rs"]
 mod support;
 
 mod e2e {

@@ -149,7 +149,7 @@ async fn upload(client: &Client, app: &str, bundle: Vec<u8>) -> anyhow::Result<D
         bar.set_message(app.to_string());
         bar
     } else {
-        eprintln!("uploading {app} ({total} bytes)");
+        eprintln!("uploading {app} ({total} bytes); the server checks and compiles it");
         indicatif::ProgressBar::hidden()
     };
     let bundle = Bytes::from(bundle);
@@ -176,9 +176,6 @@ async fn upload(client: &Client, app: &str, bundle: Vec<u8>) -> anyhow::Result<D
         .send(Method::POST, "/_nubo/api/v1/apps", body, &headers)
         .await?;
     bar.finish_and_clear();
-    if bar.is_hidden() {
-        eprintln!("uploaded; the server is checking and compiling the code");
-    }
     let status = resp.status();
     let bytes = read_body(resp).await?;
     if !status.is_success() {

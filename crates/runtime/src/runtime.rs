@@ -11,6 +11,7 @@ use nubo_core::{ErrorCode, FunctionTarget};
 use sha2::Digest;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,8 @@ pub(crate) struct Loaded {
     pub(crate) ticks: u64,
     /// Set by the first invocation, which is the cold one.
     pub(crate) warm: AtomicBool,
+    /// The cached artifact the code came from, if it came from the cache.
+    artifact: Option<PathBuf>,
 }
 
 type FunctionMap = HashMap<FunctionTarget, Arc<Loaded>>;
@@ -60,6 +63,10 @@ pub struct WasmRuntime {
     pub(crate) functions: ArcSwap<FunctionMap>,
     /// Serialises writers of `functions` so concurrent loads do not lose each other's entries.
     publish: Mutex<()>,
+    /// Components loaded from the artifact cache, by path. Functions (and revisions) running
+    /// the same code share one `Component`: its code mapping and copy-on-write memory image
+    /// exist once, not once per function. Only touched on load and retain.
+    components: Mutex<HashMap<PathBuf, Component>>,
     artifact_key: String,
     config: RuntimeConfig,
     pooling: bool,
@@ -104,6 +111,7 @@ impl WasmRuntime {
             linker,
             functions: ArcSwap::from_pointee(HashMap::new()),
             publish: Mutex::new(()),
+            components: Mutex::new(HashMap::new()),
             artifact_key,
             config,
             pooling,
@@ -130,10 +138,7 @@ impl WasmRuntime {
             // header and engine compatibility before using the code.
             #[allow(unsafe_code, reason = "loading our own compiled artifacts")]
             Artifact::Bytes(bytes) => unsafe { Component::deserialize(&self.engine, &bytes[..]) },
-            // SAFETY: as above; the file is in Nubo's cache directory and is not modified
-            // while mapped (cache entries are written once, then renamed into place).
-            #[allow(unsafe_code, reason = "loading our own compiled artifacts")]
-            Artifact::File(path) => unsafe { Component::deserialize_file(&self.engine, path) },
+            Artifact::File(path) => self.cached_component(path),
         }
         .map_err(|e| {
             code_error(
@@ -156,8 +161,41 @@ impl WasmRuntime {
             timeout,
             ticks: ticks_for(timeout, self.config.epoch_tick),
             warm: AtomicBool::new(false),
+            artifact: match &function.artifact {
+                Artifact::File(path) => Some(path.clone()),
+                Artifact::Bytes(_) => None,
+            },
         };
         Ok((function.target, Arc::new(loaded)))
+    }
+
+    /// The component of a cached artifact, deserialized once and shared.
+    fn cached_component(&self, path: &Path) -> wasmtime::Result<Component> {
+        let mut cache = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(path) {
+            return Ok(c.clone());
+        }
+        // SAFETY: artifacts come only from `Engine::compile` (this process or the compile
+        // worker, both built from `config::base_config`) and from Nubo's own artifact cache,
+        // keyed by `artifact_key`; never from users. The file is not modified while mapped
+        // (cache entries are written once, then renamed into place). Wasmtime still checks the
+        // header and engine compatibility before using the code.
+        #[allow(unsafe_code, reason = "loading our own compiled artifacts")]
+        let component = unsafe { Component::deserialize_file(&self.engine, path) }?;
+        cache.insert(path.to_path_buf(), component.clone());
+        Ok(component)
+    }
+
+    /// Forgets cached components no loaded function uses any more.
+    fn prune_components(&self) {
+        let used: std::collections::HashSet<PathBuf> = self
+            .functions
+            .load()
+            .values()
+            .filter_map(|l| l.artifact.clone())
+            .collect();
+        let mut cache = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|path, _| used.contains(path));
     }
 
     fn update(&self, change: impl FnOnce(&mut FunctionMap)) {
@@ -195,7 +233,8 @@ impl Engine for WasmRuntime {
         let loaded = functions
             .into_iter()
             .map(|f| self.load_one(f))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|_| self.prune_components())?;
         self.update(|map| map.extend(loaded));
         Ok(())
     }
@@ -204,6 +243,7 @@ impl Engine for WasmRuntime {
         self.update(|map| {
             map.retain(|target, _| &*target.app != app || keep.contains(&target.revision));
         });
+        self.prune_components();
     }
 }
 

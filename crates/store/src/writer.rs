@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// Most records written in one transaction. Bounds how long the writer holds the database's
 /// write lock (a deploy waits behind it) and the memory of one batch.
-pub const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 4096;
 
 /// How long the writer waits for more records after the first of a batch. Trades a little
 /// `logs -f` latency for fewer, larger transactions when records trickle in.
@@ -258,26 +258,34 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
         }
-        let deadline = Instant::now() + BATCH_LINGER;
-        while batch.len() < MAX_BATCH {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let next = if wait.is_zero() || self.stop.load(Ordering::Acquire) {
-                self.rx.try_recv().map_err(|_| ())
-            } else {
-                self.rx.recv_timeout(wait).map_err(|_| ())
-            };
-            match next {
-                Ok(rec) => batch.push(rec),
-                Err(()) => break,
-            }
+        // Let the batch fill while this thread sleeps instead of waiting on the channel: a
+        // receiver blocked in `recv` is woken by every send, which costs the request path a
+        // futex wake and two context switches per invocation.
+        // When the queue already holds a full batch, write it at once so the writer keeps up.
+        self.drain_into(batch);
+        if batch.len() < MAX_BATCH && !self.stop.load(Ordering::Acquire) {
+            std::thread::sleep(BATCH_LINGER);
+            self.drain_into(batch);
         }
         true
     }
 
+    /// Moves queued records into `batch` without waiting, up to [`MAX_BATCH`].
+    fn drain_into(&self, batch: &mut Vec<FinishedInvocation>) {
+        while batch.len() < MAX_BATCH {
+            match self.rx.try_recv() {
+                Ok(rec) => batch.push(rec),
+                Err(_) => break,
+            }
+        }
+    }
+
     fn write(&mut self, batch: &[FinishedInvocation]) {
-        match write_batch(&mut self.conn, batch) {
+        // Building the followers' copies costs allocations per line; skip it when nobody listens.
+        let collect = self.followers.receiver_count() > 0;
+        match write_batch(&mut self.conn, batch, collect) {
             Ok(committed) => {
-                let lines: usize = committed.iter().map(|c| c.logs.len()).sum();
+                let lines: usize = batch.iter().map(|f| f.logs.len()).sum();
                 self.counters
                     .written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -325,6 +333,7 @@ fn signed(v: u64) -> i64 {
 fn write_batch(
     conn: &mut Connection,
     batch: &[FinishedInvocation],
+    collect: bool,
 ) -> rusqlite::Result<Vec<Arc<CommittedInvocation>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut committed = Vec::with_capacity(batch.len());
@@ -369,6 +378,9 @@ fn write_batch(
                     stream,
                     entry.line,
                 ])?;
+                if !collect {
+                    continue;
+                }
                 logs.push((
                     tx.last_insert_rowid(),
                     LogLine {
@@ -381,7 +393,9 @@ fn write_batch(
                     },
                 ));
             }
-            committed.push(Arc::new(CommittedInvocation { record, logs }));
+            if collect {
+                committed.push(Arc::new(CommittedInvocation { record, logs }));
+            }
         }
     }
     tx.commit()?;

@@ -136,6 +136,7 @@ struct Target {
 struct Measured {
     w: wrk::WrkResult,
     cpu_us_per_req: f64,
+    switches_per_req: f64,
     server_cpu_pct: f64,
     core0_steal_pct: f64,
     core0_other_pct: f64,
@@ -538,11 +539,13 @@ impl Bench {
             procs::cpu_times(1)?,
             t.proc.cpu_ticks()?,
         );
+        let s0 = t.proc.context_switches()?;
         let start = Instant::now();
         let w = wrk::run(LOAD_CORE, &url, conns, secs)
             .with_context(|| format!("wrk against {}", t.label))?;
         let wall = start.elapsed().as_secs_f64();
         let p1 = t.proc.cpu_ticks()?;
+        let s1 = t.proc.context_switches()?;
         let d0 = procs::cpu_times(0)?.since(c0);
         let d1 = procs::cpu_times(1)?.since(c1);
         let server = p1.saturating_sub(p0);
@@ -555,6 +558,7 @@ impl Bench {
         };
         Ok(Measured {
             cpu_us_per_req: server as f64 * 1e6 / self.ticks as f64 / w.requests.max(1) as f64,
+            switches_per_req: s1.saturating_sub(s0) as f64 / w.requests.max(1) as f64,
             server_cpu_pct: server as f64 * 100.0 / self.ticks as f64 / wall,
             core0_steal_pct: pct(d0.steal, d0.total),
             core0_other_pct: pct(d0.busy.saturating_sub(server), d0.total),
@@ -589,6 +593,7 @@ impl Bench {
                     micros(m.w.p50_us),
                     micros(m.w.p99_us),
                     format!("{:.1} µs", m.cpu_us_per_req),
+                    format!("{:.2}", m.switches_per_req),
                     format!("{:.0}%", m.server_cpu_pct),
                     format!("{:.0}%", m.core0_steal_pct),
                     format!("{:.0}%", m.core0_other_pct),
@@ -653,6 +658,7 @@ impl Bench {
                 "p50",
                 "p99",
                 "CPU/request",
+                "context switches/request",
                 "server CPU",
                 "core 0 steal",
                 "core 0 other",
@@ -662,7 +668,8 @@ impl Bench {
             &rows,
         );
         self.rep.block(
-            "*server CPU*: the server's utime+stime over the run's wall time (100% = the whole \
+            "*context switches/request*: voluntary + involuntary switches of the server's threads \
+             (/proc/PID/task/*/status) per request. *server CPU*: the server's utime+stime over the run's wall time (100% = the whole \
              pinned core). *core 0 steal*: time the hypervisor gave the server's core to someone \
              else. *core 0 other*: busy time on core 0 not charged to the server (softirq network \
              work, other processes). *core 1 busy*: the load generator's core; near 100% means the \
@@ -772,12 +779,11 @@ impl Bench {
             rec.log_tail()
         );
         w?;
-        let report = |sort: &str, n: usize| -> anyhow::Result<String> {
-            let out = Command::new(&perf)
-                .args(["report", "-i"])
-                .arg(&data)
-                .args([
-                    "--stdio",
+        let flat = |sort: &str, n: usize| -> anyhow::Result<(String, String)> {
+            let text = perf_report(
+                &perf,
+                &data,
+                &[
                     "--no-children",
                     "-g",
                     "none",
@@ -785,22 +791,45 @@ impl Bench {
                     "0.5",
                     "--sort",
                     sort,
-                ])
-                .output()?;
-            ensure!(
-                out.status.success(),
-                "perf report failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            Ok(String::from_utf8_lossy(&out.stdout)
+                ],
+            )?;
+            let samples = text
                 .lines()
-                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .take(n)
-                .collect::<Vec<_>>()
-                .join("\n"))
+                .find_map(|l| l.strip_prefix("# Samples:"))
+                .map(|l| l.trim().to_string())
+                .unwrap_or_default();
+            Ok((samples, top_lines(&text, n)))
         };
-        let by_dso = report("dso", 10)?;
-        let by_sym = report("dso,sym", 30)?;
+        let (samples, by_dso) = flat("dso", 10)?;
+        let (_, by_thread) = flat("comm", 10)?;
+        let (_, by_sym) = flat("dso,sym", 30)?;
+        // Who calls the two hottest kernel symbols (the kernel unwinds its own stacks, so these
+        // chains are reliable even without frame pointers in user space).
+        let hot_kernel: Vec<&str> = by_sym
+            .lines()
+            .filter_map(|l| l.split_once("[k] ").map(|(_, s)| s.trim()))
+            .take(2)
+            .collect();
+        let callers = if hot_kernel.is_empty() {
+            None
+        } else {
+            let text = perf_report(
+                &perf,
+                &data,
+                &[
+                    "--no-children",
+                    "--sort",
+                    "comm,sym",
+                    "-S",
+                    &hot_kernel.join(","),
+                    "-g",
+                    "folded,0.5,callee",
+                    "--percent-limit",
+                    "0.5",
+                ],
+            )?;
+            Some(digest_folded(&text, 24))
+        };
         self.rep.block(&format!(
             "`perf record -g -F 999 -p <nubo>` for {secs} s while `wrk -t1 -c{CONNS}` runs, then \
              `perf report --stdio --no-children -g none --sort dso` (share of the server's samples by \
@@ -808,8 +837,29 @@ impl Bench {
              wasm shows as an anonymous map or `[unknown]`):"
         ));
         self.rep.code(&by_dso);
+        self.rep.block("By thread name (`--sort comm`):");
+        self.rep.code(&by_thread);
         self.rep.block("Top symbols (`--sort dso,sym`):");
         self.rep.code(&by_sym);
+        let mut note = format!("Samples: {samples}.");
+        if samples.contains("cpu-clock") {
+            note.push_str(
+                " The event is the `cpu-clock` software timer (no hardware PMU in this VM): a \
+                 sample that falls while interrupts are disabled is charged to the point where \
+                 they are re-enabled, so `_raw_spin_unlock_irqrestore` and `finish_task_switch` \
+                 stand for scheduler work (wake-ups, context switches) rather than for those \
+                 functions themselves.",
+            );
+        }
+        self.rep.block(&note);
+        if let Some(c) = callers {
+            self.rep.block(&format!(
+                "Call chains into the two hottest kernel symbols (`-S {} -g folded,0.5,callee \
+                 --sort comm,sym`; outermost frames first, middle elided):",
+                hot_kernel.join(",")
+            ));
+            self.rep.code(&c);
+        }
         Ok(())
     }
 
@@ -883,7 +933,7 @@ impl Bench {
         let nubo = self.start_nubo(&data, None, "nubo-rss")?;
         std::thread::sleep(self.plan.settle);
         let base = nubo.proc.memory()?;
-        rows.push(mem_row("nubo, no apps", "0", "", base, None));
+        rows.push(mem_row("nubo, no apps", "0", "0", base, None));
         let (mut total, mut apps) = (0usize, 0usize);
         let mut last_rss = base.rss_kib;
         let mut per_fn = Vec::new();
@@ -896,7 +946,7 @@ impl Bench {
                 apps += 1;
                 let name = format!("rss-{apps:03}");
                 progress(&format!(
-                    "memory: deploying app {name} with {n} functions ({} in total)",
+                    "memory: deploying app {name} with {n} function(s) ({} in total)",
                     total + n
                 ));
                 deploy_bundle(nubo.addr, &name, n, &wasm)?;
@@ -931,7 +981,7 @@ impl Bench {
              traffic. Every function is the same `examples/hello` component (deployed through the \
              admin API as bundles of up to {FUNCTIONS_PER_APP} functions per app, no routes), so it \
              is stored and compiled once; the growth is per-function state. VmSize includes the \
-             address space the wasm instance pool reserves. {}",
+             address space the wasm instance pool reserves. {}.",
             self.plan.settle.as_secs(),
             marginal.join("; ")
         ));
@@ -1008,6 +1058,66 @@ fn poll_first_ok(addr: SocketAddr, t0: Instant) -> anyhow::Result<Duration> {
     )
 }
 
+/// `perf report --stdio -i DATA ARGS…`, its stdout.
+fn perf_report(perf: &Path, data: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(perf)
+        .args(["report", "--stdio", "-i"])
+        .arg(data)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "perf report failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first `n` entry lines of a perf report (no comments, no blank lines).
+fn top_lines(text: &str, n: usize) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(n)
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Shortens `perf report -g folded,…,callee` output: entry lines stay, each chain
+/// (`P% callee;…;outermost`) becomes `P%  outermost → next → … → caller → callee` with at most
+/// two outer and four inner frames.
+fn digest_folded(text: &str, max_lines: usize) -> String {
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if l.starts_with('#') || l.trim().is_empty() {
+            continue;
+        }
+        let chain = l
+            .split_once("% ")
+            .filter(|(p, _)| !p.starts_with(' ') && p.parse::<f64>().is_ok());
+        match chain {
+            Some((pct, frames)) => {
+                let mut f: Vec<&str> = frames.split(';').collect();
+                f.reverse();
+                let shown = if f.len() > 6 {
+                    let mut v = f[..2].to_vec();
+                    v.push("…");
+                    v.extend_from_slice(&f[f.len() - 4..]);
+                    v
+                } else {
+                    f
+                };
+                out.push(format!("    {pct}%  {}", shown.join(" → ")));
+            }
+            None => out.push(l.trim_end().to_string()),
+        }
+        if out.len() >= max_lines {
+            break;
+        }
+    }
+    out.join("\n")
+}
+
 /// Deploys an app of `n` functions (all the same component, no routes) through the admin API.
 fn deploy_bundle(addr: SocketAddr, app: &str, n: usize, wasm: &[u8]) -> anyhow::Result<()> {
     let mut manifest = format!("[app]\nname = \"{app}\"\n");
@@ -1038,4 +1148,28 @@ fn deploy_bundle(addr: SocketAddr, app: &str, n: usize, wasm: &[u8]) -> anyhow::
         r.text()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_chains_are_shortened() {
+        let text = "# comment\n\
+             \n    10.92%  tokio-rt-worker  [k] _raw_spin_unlock_irqrestore\n\
+             9.00% _raw_spin_unlock_irqrestore;sock_def_readable;tcp_rcv;ip_rcv;softirq;tcp_sendmsg;writev;write_vectored\n\
+             1.02% unlock;wake;futex_wake;try_send\n";
+        let d = digest_folded(text, 10);
+        let lines: Vec<&str> = d.lines().collect();
+        assert_eq!(
+            lines[0],
+            "    10.92%  tokio-rt-worker  [k] _raw_spin_unlock_irqrestore"
+        );
+        assert_eq!(
+            lines[1],
+            "    9.00%  write_vectored → writev → … → ip_rcv → tcp_rcv → sock_def_readable → _raw_spin_unlock_irqrestore"
+        );
+        assert_eq!(lines[2], "    1.02%  try_send → futex_wake → wake → unlock");
+    }
 }

@@ -156,6 +156,27 @@ impl Proc {
         Ok(utime + stime)
     }
 
+    /// Context switches (voluntary + involuntary) of its live threads, from
+    /// /proc/PID/task/*/status. Threads that already exited are not counted.
+    pub fn context_switches(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        let dir = format!("/proc/{}/task", self.pid());
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("{} is gone", self.name))? {
+            let Ok(status) = std::fs::read_to_string(entry?.path().join("status")) else {
+                continue; // the thread ended meanwhile
+            };
+            total += status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
     /// VmRSS and VmSize from /proc/PID/status.
     pub fn memory(&self) -> anyhow::Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

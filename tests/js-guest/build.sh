@@ -7,7 +7,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
 if [ ! -d node_modules/@bytecodealliance/componentize-js ]; then
-    npm ci --no-audit --no-fund >&2
+    # `npm install` (not `npm ci`): npm 11 leaves other platforms' optional binaries out of
+    # the lock file, which `npm ci` then refuses; install still honours the pinned versions.
+    npm install --no-audit --no-fund >&2
 fi
 
 mkdir -p dist

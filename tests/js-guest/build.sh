@@ -7,9 +7,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
 if [ ! -d node_modules/@bytecodealliance/componentize-js ]; then
-    # `npm install` (not `npm ci`): npm 11 leaves other platforms' optional binaries out of
-    # the lock file, which `npm ci` then refuses; install still honours the pinned versions.
-    npm install --no-audit --no-fund >&2
+    # No lock file: npm 11 writes one that leaves out other platforms' optional binaries and
+    # hoisted shims, so installs from it (`npm ci` or `npm install`) break on a clean clone.
+    # package.json pins componentize-js exactly; its own dependencies are pinned by it.
+    npm install --no-package-lock --no-audit --no-fund >&2
 fi
 
 mkdir -p dist

@@ -104,16 +104,7 @@ fn outbound_requests_are_denied() {
         r.text()
     );
     let id = r.header("nubo-invocation-id").unwrap().to_string();
-    let inv = eventually(Duration::from_secs(10), || {
-        let r = http(
-            s.addr,
-            "GET",
-            &format!("/_nubo/api/v1/invocations/{id}"),
-            &[],
-            b"",
-        );
-        (r.status == 200).then(|| r.json())
-    });
+    let inv = s.invocation(&id);
     let logs = inv["logs"].to_string();
     assert!(logs.contains("outbound hosts are not allowed"), "{logs}");
 }

@@ -13,16 +13,7 @@ fn logs_are_captured_per_invocation() {
     let r = http(s.addr, "GET", "/echo/logs?n=3", &[], b"");
     assert_eq!(r.text(), "logged 3\n");
     let id = r.header("nubo-invocation-id").unwrap().to_string();
-    let inv = eventually(Duration::from_secs(10), || {
-        let r = http(
-            s.addr,
-            "GET",
-            &format!("/_nubo/api/v1/invocations/{id}"),
-            &[],
-            b"",
-        );
-        (r.status == 200).then(|| r.json())
-    });
+    let inv = s.invocation(&id);
     let lines: Vec<(String, String)> = inv["logs"]
         .as_array()
         .unwrap()
@@ -57,16 +48,7 @@ fn chatty_functions_are_cut_with_a_marker() {
     let r = http(s.addr, "GET", "/echo/logs?n=5000", &[], b"");
     assert_eq!(r.status, 200);
     let id = r.header("nubo-invocation-id").unwrap().to_string();
-    let inv = eventually(Duration::from_secs(10), || {
-        let r = http(
-            s.addr,
-            "GET",
-            &format!("/_nubo/api/v1/invocations/{id}"),
-            &[],
-            b"",
-        );
-        (r.status == 200).then(|| r.json())
-    });
+    let inv = s.invocation(&id);
     assert_eq!(inv["record"]["logs_truncated"], true);
     let logs = inv["logs"].as_array().unwrap();
     assert!(logs.len() <= 1001, "bounded: {}", logs.len());

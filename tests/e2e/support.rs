@@ -187,6 +187,20 @@ impl Server {
         dir
     }
 
+    /// The record and log lines of invocation `id`, waiting (bounded) for the batched writer.
+    pub fn invocation(&self, id: &str) -> serde_json::Value {
+        eventually(Duration::from_secs(10), || {
+            let r = http(
+                self.addr,
+                "GET",
+                &format!("/_nubo/api/v1/invocations/{id}"),
+                &[],
+                b"",
+            );
+            (r.status == 200).then(|| r.json())
+        })
+    }
+
     /// Fetches JSON from the admin API.
     pub fn api(&self, path: &str) -> serde_json::Value {
         let r = http(self.addr, "GET", path, &[], b"");

@@ -4,10 +4,10 @@ use crate::Control;
 use crate::bundle::{Bundle, BundleError};
 use crate::live::{LiveApp, compile_routes};
 use nubo_core::api::v1::{DeployResponse, DeployedFunction, RouteInfo};
-use nubo_core::engine::{Artifact, CodeError, LoadFunction};
+use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
 use nubo_core::manifest::{self, Manifest, ManifestErrors};
 use nubo_core::{ErrorCode, RouteError};
-use nubo_store::{FunctionCode, NewRevision, RevisionRecord};
+use nubo_store::{FunctionCode, NewRevision, RevisionRecord, Store};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -126,16 +126,14 @@ impl Control {
             let fname = name.clone();
             let (digest, artifact, cached, compile_ms) = tokio::task::spawn_blocking(move || {
                 let digest = store.put_blob(&code)?;
-                let key = engine.artifact_key().to_string();
-                if store.has_artifact(&digest, &key) {
-                    let path = store.artifact_path(&digest, &key);
-                    return Ok::<_, DeployError>((digest, Artifact::File(path), true, 0));
-                }
-                let t = Instant::now();
-                let compiled = engine.compile(&fname, &code)?;
-                let ms = t.elapsed().as_millis() as u64;
-                let path = store.put_artifact(&digest, &key, &compiled)?;
-                Ok((digest, Artifact::File(path), false, ms))
+                let (artifact, compile_ms) =
+                    cached_artifact(&store, &*engine, &fname, &digest, || Ok(code))?;
+                Ok::<_, DeployError>((
+                    digest,
+                    artifact,
+                    compile_ms.is_none(),
+                    compile_ms.unwrap_or(0),
+                ))
             })
             .await
             .map_err(join_err)??;
@@ -278,22 +276,17 @@ impl Control {
         };
         let live2 = live.clone();
         tokio::task::spawn_blocking(move || {
-            let key = engine.artifact_key().to_string();
             let mut loads = Vec::new();
             let mut recompiled = 0;
             for (name, spec) in &live2.manifest.functions {
                 let digest = live2.digests.get(name).ok_or_else(|| {
                     DeployError::Internal(format!("revision has no code for {name}"))
                 })?;
-                let artifact = if store.has_artifact(digest, &key) {
-                    Artifact::File(store.artifact_path(digest, &key))
-                } else {
-                    // Compiled by another engine version (or the cache was cleared): compile again.
-                    let code = store.get_blob(digest)?;
-                    let compiled = engine.compile(name, &code)?;
-                    recompiled += 1;
-                    Artifact::File(store.put_artifact(digest, &key, &compiled)?)
-                };
+                // Missing when compiled by another engine version or the cache was cleared.
+                let (artifact, compiled) = cached_artifact(&store, &*engine, name, digest, || {
+                    Ok(store.get_blob(digest)?)
+                })?;
+                recompiled += usize::from(compiled.is_some());
                 let target = live2
                     .target(name)
                     .ok_or_else(|| DeployError::Internal("function vanished".into()))?;
@@ -310,6 +303,27 @@ impl Control {
         .map_err(join_err)?
         .map(|recompiled| (live, recompiled))
     }
+}
+
+/// The compiled artifact of the code `digest`: from the cache, or compiled from `code()` and
+/// cached. The second value is the compile time in milliseconds when it was compiled now.
+/// Blocking.
+fn cached_artifact(
+    store: &Store,
+    engine: &dyn Engine,
+    function: &str,
+    digest: &str,
+    code: impl FnOnce() -> Result<Vec<u8>, DeployError>,
+) -> Result<(Artifact, Option<u64>), DeployError> {
+    let key = engine.artifact_key();
+    if store.has_artifact(digest, key) {
+        return Ok((Artifact::File(store.artifact_path(digest, key)), None));
+    }
+    let started = Instant::now();
+    let compiled = engine.compile(function, &code()?)?;
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let path = store.put_artifact(digest, key, &compiled)?;
+    Ok((Artifact::File(path), Some(ms)))
 }
 
 /// The routes of a manifest as wire types.

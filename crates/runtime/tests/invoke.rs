@@ -83,23 +83,12 @@ impl Fixture {
 
     async fn call_with(
         &self,
-        mut request: http::Request<Body>,
+        request: http::Request<Body>,
     ) -> (
         Result<http::Response<Body>, InvokeError>,
         Receiver<FinishedInvocation>,
     ) {
-        let (sink, records) = nubo_telemetry::record_channel(4);
-        let meta = InvocationMeta {
-            id: nubo_core::InvocationId::new(),
-            app: self.target.app.clone(),
-            function: self.target.function.clone(),
-            revision: self.target.revision,
-            trigger: "http",
-        };
-        request
-            .extensions_mut()
-            .insert(Invocation::start(meta, &sink));
-        (self.rt.invoke(&self.target, request).await, records)
+        guest::invoke_recorded(&self.rt, &self.target, request).await
     }
 }
 

@@ -3,12 +3,16 @@
 //! runtime boundary. Real-toolchain components (componentize-js, componentize-py) are behind
 //! `--ignored` because compiling them takes seconds.
 
+#[path = "support/guest.rs"]
+mod guest;
+
+use guest::spec;
 use http_body_util::BodyExt;
 use nubo_core::engine::{Artifact, Engine, LoadFunction};
-use nubo_core::manifest::{FunctionSpec, Runtime};
-use nubo_core::{Body, Dispatch, FunctionTarget, InvokeError, Outcome};
+use nubo_core::manifest::FunctionSpec;
+use nubo_core::{Body, FunctionTarget, InvokeError, Outcome};
 use nubo_runtime::{RuntimeConfig, WasmRuntime};
-use nubo_telemetry::{FinishedInvocation, Invocation, InvocationMeta, Stream};
+use nubo_telemetry::{FinishedInvocation, Stream};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
@@ -50,22 +54,6 @@ fn guests() -> &'static HashMap<String, PathBuf> {
             })
             .collect()
     })
-}
-
-fn spec(memory: u64, timeout_ms: u64, env: &[(&str, &str)]) -> FunctionSpec {
-    FunctionSpec {
-        runtime: Runtime::Wasm,
-        source: "guest.wasm".into(),
-        build: None,
-        workdir: None,
-        memory,
-        timeout_ms,
-        max_request_body: nubo_core::limits::DEFAULT_MAX_REQUEST_BODY,
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
 }
 
 struct Loaded {
@@ -111,19 +99,7 @@ impl Loaded {
         Result<http::Response<Body>, InvokeError>,
         Receiver<FinishedInvocation>,
     ) {
-        let (sink, records) = nubo_telemetry::record_channel(4);
-        let meta = InvocationMeta {
-            id: nubo_core::InvocationId::new(),
-            app: self.target.app.clone(),
-            function: self.target.function.clone(),
-            revision: 1,
-            trigger: "http",
-        };
-        let mut request = request;
-        request
-            .extensions_mut()
-            .insert(Invocation::start(meta, &sink));
-        (self.rt.invoke(&self.target, request).await, records)
+        guest::invoke_recorded(&self.rt, &self.target, request).await
     }
 
     async fn get(

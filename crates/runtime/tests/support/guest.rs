@@ -1,5 +1,6 @@
 //! Builds the test guest component (`tests/guest`, a wasi:http component for wasm32-wasip2)
-//! once per test binary, and hands out specs for loading it.
+//! once per test binary, and hands out specs for loading it and a way to invoke with a
+//! recorded invocation.
 
 use nubo_core::manifest::{FunctionSpec, Runtime};
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::sync::OnceLock;
 
 /// The guest component's bytes. Needs `rustup target add wasm32-wasip2` and the guest's
 /// dependencies (the `wasi` crate) in the cargo cache or reachable.
+#[allow(dead_code, reason = "not every test binary uses the built-in guest")]
 pub fn wasm() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
@@ -54,4 +56,30 @@ pub fn spec(memory: u64, timeout_ms: u64, env: &[(&str, &str)]) -> FunctionSpec 
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
     }
+}
+
+/// Invokes `target` with an `Invocation` attached, as the gateway does, and returns the result
+/// with the channel its record arrives on (when the last handle drops).
+#[allow(dead_code, reason = "not every test binary invokes")]
+pub async fn invoke_recorded(
+    rt: &nubo_runtime::WasmRuntime,
+    target: &nubo_core::FunctionTarget,
+    mut request: http::Request<nubo_core::Body>,
+) -> (
+    Result<http::Response<nubo_core::Body>, nubo_core::InvokeError>,
+    std::sync::mpsc::Receiver<nubo_telemetry::FinishedInvocation>,
+) {
+    use nubo_core::Dispatch as _;
+    let (sink, records) = nubo_telemetry::record_channel(4);
+    let meta = nubo_telemetry::InvocationMeta {
+        id: nubo_core::InvocationId::new(),
+        app: target.app.clone(),
+        function: target.function.clone(),
+        revision: target.revision,
+        trigger: "http",
+    };
+    request
+        .extensions_mut()
+        .insert(nubo_telemetry::Invocation::start(meta, &sink));
+    (rt.invoke(target, request).await, records)
 }

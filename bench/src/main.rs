@@ -39,7 +39,19 @@ usage: cargo run --release -p nubo-bench --bin nubo-bench -- [OPTIONS]
   --out PATH      where to write the report (default bench/RESULTS.md)
   --hyper-only    measure only the hyper baseline (when nubo does not build)
   --no-perf       skip the perf profile
+  --wasmtime PATH the `wasmtime` CLI to compare with (default: PATH, then the cache below)
+  --install-wasmtime
+                  install wasmtime-cli WASMTIME_VERSION with cargo into
+                  ~/.cache/nubo/wasmtime-WASMTIME_VERSION when it is not found (20-40 min)
   -h, --help      this text";
+
+/// The wasmtime release Nubo runs on; `wasmtime serve` of this version is the comparison.
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Pool settings Nubo's engine uses (crates/runtime/src/config.rs), as `wasmtime serve -O`
+/// flags, so the second wasmtime configuration differs from Nubo only in what Nubo adds.
+const WASMTIME_TUNED_POOL: &str = "pooling-memory-keep-resident=2097152,\
+pooling-table-keep-resident=524288,pooling-pagemap-scan=y,pooling-decommit-batch-size=16";
 
 #[derive(Debug)]
 struct Opts {
@@ -48,6 +60,8 @@ struct Opts {
     out: Option<PathBuf>,
     hyper_only: bool,
     no_perf: bool,
+    wasmtime: Option<PathBuf>,
+    install_wasmtime: bool,
 }
 
 fn parse_args() -> anyhow::Result<Option<Opts>> {
@@ -57,6 +71,8 @@ fn parse_args() -> anyhow::Result<Option<Opts>> {
         out: None,
         hyper_only: false,
         no_perf: false,
+        wasmtime: None,
+        install_wasmtime: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -73,11 +89,18 @@ fn parse_args() -> anyhow::Result<Option<Opts>> {
                 o.rounds = Some(n);
             }
             "--out" => o.out = Some(args.next().context("--out needs a path")?.into()),
+            "--wasmtime" => {
+                o.wasmtime = Some(args.next().context("--wasmtime needs a path")?.into());
+            }
+            "--install-wasmtime" => o.install_wasmtime = true,
             "-h" | "--help" => {
-                println!("{USAGE}");
+                println!("{}", USAGE.replace("WASMTIME_VERSION", WASMTIME_VERSION));
                 return Ok(None);
             }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
+            other => bail!(
+                "unknown argument {other:?}\n{}",
+                USAGE.replace("WASMTIME_VERSION", WASMTIME_VERSION)
+            ),
         }
     }
     Ok(Some(o))
@@ -225,20 +248,26 @@ fn run() -> anyhow::Result<()> {
         targets.push(nubo);
         nubo_data = Some(data);
     }
-    let wasmtime_note = match b.start_wasmtime(opts.hyper_only) {
-        Ok(Some(t)) => {
-            targets.push(t);
-            None
-        }
-        Ok(None) => Some(
-            "`wasmtime serve -S cli` was not measured in this run: no `wasmtime` on PATH."
-                .to_string(),
-        ),
-        Err(e) => Some(format!(
-            "`wasmtime serve -S cli` was not measured: it failed to start ({e:#})."
+    let wasmtime = (!opts.hyper_only).then(|| find_wasmtime(&opts));
+    let wasmtime_note = match wasmtime {
+        None => None,
+        Some(Err(e)) => Some(format!(
+            "`wasmtime serve` was not measured in this run: {e:#}."
         )),
+        Some(Ok(wasmtime)) => {
+            let mut notes = Vec::new();
+            for (label, flags) in [
+                ("wasmtime serve", None),
+                ("wasmtime serve, tuned pool", Some(WASMTIME_TUNED_POOL)),
+            ] {
+                match b.start_wasmtime(&wasmtime, label, flags) {
+                    Ok(t) => targets.push(t),
+                    Err(e) => notes.push(format!("`{label}` failed to start ({e:#}).")),
+                }
+            }
+            (!notes.is_empty()).then(|| notes.join(" "))
+        }
     };
-
     b.throughput(&targets, wasmtime_note.as_deref())?;
     b.single_connection(&targets)?;
     let perf_target = targets.iter().find(|t| t.label == "nubo");
@@ -327,6 +356,63 @@ fn ensure_tools() -> anyhow::Result<()> {
         "taskset is missing (package util-linux); it pins the server and the load to separate cores"
     );
     Ok(())
+}
+
+/// The `wasmtime` CLI to compare with: `--wasmtime`, else `PATH`, else the cached install
+/// (made first with `--install-wasmtime`). It must be the release Nubo runs on.
+fn find_wasmtime(opts: &Opts) -> anyhow::Result<PathBuf> {
+    let cache = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(format!(".cache/nubo/wasmtime-{WASMTIME_VERSION}")))
+        .context("HOME is not set, so the wasmtime cache cannot be found")?;
+    let cached = cache.join("bin/wasmtime");
+    let found = match &opts.wasmtime {
+        Some(p) => Some(p.clone()),
+        None => procs::on_path("wasmtime").or_else(|| cached.is_file().then(|| cached.clone())),
+    };
+    let wasmtime = match found {
+        Some(p) => p,
+        None if opts.install_wasmtime => {
+            progress(&format!(
+                "installing wasmtime-cli {WASMTIME_VERSION} into {} (takes 20-40 minutes)",
+                cache.display()
+            ));
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let ok = Command::new(cargo)
+                .args([
+                    "install",
+                    "wasmtime-cli",
+                    "--locked",
+                    "--version",
+                    WASMTIME_VERSION,
+                ])
+                .arg("--root")
+                .arg(&cache)
+                .status()
+                .is_ok_and(|s| s.success());
+            ensure!(
+                ok,
+                "`cargo install wasmtime-cli` failed (see its output above)"
+            );
+            cached
+        }
+        None => bail!(
+            "no `wasmtime` on PATH or in {}; rerun with --install-wasmtime, or pass \
+             --wasmtime PATH",
+            cache.display()
+        ),
+    };
+    let out = Command::new(&wasmtime)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {}", wasmtime.display()))?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        version.split_whitespace().nth(1) == Some(WASMTIME_VERSION),
+        "{} is {}, not wasmtime {WASMTIME_VERSION} (the release Nubo runs on)",
+        wasmtime.display(),
+        version.trim()
+    );
+    Ok(wasmtime)
 }
 
 /// Builds the release `nubo` and `hyper-hello` into the driver's target directory.
@@ -497,38 +583,42 @@ impl Bench {
         Ok(())
     }
 
-    /// `wasmtime serve -S cli` on the same component, if wasmtime is on PATH.
-    fn start_wasmtime(&self, hyper_only: bool) -> anyhow::Result<Option<Target>> {
-        let Some(wasmtime) = procs::on_path("wasmtime") else {
-            return Ok(None);
-        };
+    /// `wasmtime serve -S cli` on the same component, with `-O flags` when given.
+    fn start_wasmtime(
+        &self,
+        wasmtime: &Path,
+        label: &str,
+        pool_flags: Option<&str>,
+    ) -> anyhow::Result<Target> {
         let wasm = self.hello_wasm();
         ensure!(
-            !hyper_only && wasm.is_file(),
+            wasm.is_file(),
             "the hello component ({}) was not built in this run",
             wasm.display()
         );
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut cmd = pinned(Some(SERVER_CORE), &wasmtime);
+        let mut cmd = pinned(Some(SERVER_CORE), wasmtime);
         cmd.args([
             "serve",
             "-S",
             "cli",
             "--env",
             "GREETING=Hello from wasmtime",
-        ])
-        .arg("--addr")
-        .arg(addr.to_string())
-        .arg(&wasm);
-        let proc = Proc::spawn_quiet("wasmtime serve", cmd, &self.log("wasmtime"))?;
-        check_hello(addr, "wasmtime serve")
+        ]);
+        if let Some(flags) = pool_flags {
+            cmd.arg("-O").arg(flags);
+        }
+        cmd.arg("--addr").arg(addr.to_string()).arg(&wasm);
+        let log = self.log(&label.replace([' ', ','], "-"));
+        let proc = Proc::spawn_quiet(label, cmd, &log)?;
+        check_hello(addr, label)
             .map_err(|e| anyhow::anyhow!("{e:#}; its output ends with:\n{}", proc.log_tail()))?;
-        Ok(Some(Target {
-            label: "wasmtime serve".into(),
+        Ok(Target {
+            label: label.into(),
             proc,
             addr,
-        }))
+        })
     }
 
     /// One wrk run against `t` with the server's CPU time and the cores' counters around it.
@@ -642,10 +732,37 @@ impl Bench {
             &summary,
         );
         self.rep.block(&format!(
-            "Medians over {rounds} round(s); ratios are taken per round (the two servers measured \
-             back to back) and then the median. Reference: `wasmtime serve` on this machine class \
-             measured 0.13–0.14× hyper (research/performance.md)."
+            "Medians over {rounds} round(s); ratios are taken per round (the servers measured \
+             back to back) and then the median. `wasmtime serve` is wasmtime-cli \
+             {WASMTIME_VERSION} (`-S cli`, instance per request) on the same `hello.wasm`; \
+             *tuned pool* adds `-O {WASMTIME_TUNED_POOL}`, the pool settings Nubo uses."
         ));
+        if let Some(n) = targets.iter().position(|t| t.label == "nubo") {
+            let mut lines = Vec::new();
+            for (i, t) in targets.iter().enumerate() {
+                if !t.label.starts_with("wasmtime") {
+                    continue;
+                }
+                let per_round = |f: fn(&Measured) -> f64| {
+                    report::median(
+                        results[n]
+                            .iter()
+                            .zip(&results[i])
+                            .map(|(a, b)| f(a) / f(b))
+                            .collect(),
+                    )
+                };
+                lines.push(format!(
+                    "- Nubo ÷ {}: **{:.2}×** the requests/s, {:.2}× the CPU per request.",
+                    t.label,
+                    per_round(|m| m.w.rps),
+                    per_round(|m| m.cpu_us_per_req)
+                ));
+            }
+            if !lines.is_empty() {
+                self.rep.block(&lines.join("\n"));
+            }
+        }
         if let Some(n) = wasmtime_note {
             self.rep.block(n);
         }

@@ -31,6 +31,19 @@ pub struct ServerArgs {
     /// How long shutdown waits for in-flight requests, e.g. "30s".
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// How many revisions of each app to keep (newest first); older ones are pruned after a
+    /// deploy, except revisions that take traffic. At least 1.
+    #[arg(long, env = "NUBO_KEEP_REVISIONS", default_value_t = nubo_control::DEFAULT_KEEP_REVISIONS, value_parser = parse_keep)]
+    pub keep_revisions: usize,
+}
+
+fn parse_keep(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of revisions to keep: use a whole number of at least 1, e.g. 100"
+        )),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -59,6 +72,50 @@ pub enum Command {
         /// Skip the functions' build commands; deploy the files as they are.
         #[arg(long)]
         no_build: bool,
+        /// Send only this percent (1-99) of the app's traffic to the new revision; the rest
+        /// stays on the revision(s) serving now.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=99))]
+        canary: Option<u8>,
+        /// Store and check the new revision but send it no traffic; reach it by pinning
+        /// (header `nubo-revision: N` or the path prefix `/_rev/N/`).
+        #[arg(long, conflicts_with = "canary")]
+        no_traffic: bool,
+        /// Deploy only if the app is still at this traffic generation (see `nubo traffic APP`).
+        #[arg(long, value_name = "GENERATION")]
+        expect: Option<u64>,
+    },
+    /// List an app's retained revisions, newest first.
+    Revisions {
+        /// App name.
+        app: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app's traffic split, or set it: `nubo traffic shop 12=90 13=10`.
+    Traffic {
+        /// App name.
+        app: String,
+        /// The new split as REVISION=PERCENT pairs summing to 100; none shows the live split.
+        #[arg(value_name = "REVISION=PERCENT")]
+        split: Vec<String>,
+        /// Apply only if the app is still at this generation (printed by `nubo traffic APP`).
+        #[arg(long, value_name = "GENERATION")]
+        expect: Option<u64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move all of an app's traffic back to an earlier revision, at once and without recompiling.
+    Rollback {
+        /// App name.
+        app: String,
+        /// The revision to serve; default the one that served before the last traffic change.
+        #[arg(long, value_name = "REVISION")]
+        to: Option<u64>,
+        /// Apply only if the app is still at this generation (printed by `nubo traffic APP`).
+        #[arg(long, value_name = "GENERATION")]
+        expect: Option<u64>,
     },
     /// List deployed apps.
     Ls,
@@ -86,6 +143,9 @@ pub enum Command {
         /// Print the status line and headers to stderr.
         #[arg(short = 'i', long = "include")]
         include: bool,
+        /// Run this revision of the function (it must be retained; it need not take traffic).
+        #[arg(long, value_name = "REVISION")]
+        revision: Option<u64>,
     },
     /// Show function log lines.
     Logs {

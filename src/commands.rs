@@ -5,6 +5,7 @@ mod deploy;
 mod invoke;
 mod logs;
 mod server;
+mod traffic;
 mod up;
 
 use crate::cli::{Cli, Command};
@@ -14,7 +15,35 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Up { dir, server } => up::run(dir, server).await,
-        Command::Deploy { dir, no_build } => deploy::run(&dir, no_build).await,
+        Command::Deploy {
+            dir,
+            no_build,
+            canary,
+            no_traffic,
+            expect,
+        } => {
+            let traffic = if no_traffic { Some(0) } else { canary };
+            deploy::run(&dir, no_build, traffic, expect).await
+        }
+        Command::Revisions { app, json } => traffic::revisions(&app, json).await,
+        Command::Traffic {
+            app,
+            split,
+            expect,
+            json,
+        } => {
+            if split.is_empty() {
+                if expect.is_some() {
+                    anyhow::bail!(
+                        "--expect applies to a traffic change; name the new split too, like `nubo traffic {app} 12=90 13=10 --expect 7`"
+                    );
+                }
+                traffic::show(&app, json).await
+            } else {
+                traffic::set(&app, &split, expect, json).await
+            }
+        }
+        Command::Rollback { app, to, expect } => traffic::rollback(&app, to, expect).await,
         Command::Ls => apps::ls().await,
         Command::Rm { app } => apps::rm(&app).await,
         Command::Invoke {
@@ -24,7 +53,8 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             path,
             headers,
             include,
-        } => invoke::run(&target, data, method, &path, &headers, include).await,
+            revision,
+        } => invoke::run(&target, data, method, &path, &headers, include, revision).await,
         Command::Logs {
             target,
             follow,

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub admin_key: Option<String>,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Revisions kept per app (newest first; revisions with traffic are always kept).
+    pub keep_revisions: usize,
 }
 
 /// The default state directory: `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
@@ -85,7 +87,11 @@ impl Server {
         let writer = store
             .spawn_record_writer(rx)
             .context("starting the record writer")?;
-        let control = Arc::new(Control::new(store, runtime.clone()));
+        let control = Arc::new(Control::with_retention(
+            store,
+            runtime.clone(),
+            config.keep_revisions,
+        ));
         let report = control.restore().await;
         tracing::info!(
             apps = report.apps,

@@ -11,4 +11,5 @@ mod e2e {
     mod errors;
     mod lifecycle;
     mod logs;
+    mod traffic;
 }

@@ -1,6 +1,7 @@
 //! `nubo deploy`: read nubo.toml, run the build commands, upload the app, print its routes.
 
 use crate::client::{Client, api_error, read_body};
+use crate::commands::traffic::{conflict_error, format_split};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http::{HeaderValue, Method, header};
@@ -16,9 +17,25 @@ use std::process::{ExitCode, Stdio};
 /// Size of upload chunks (and of progress bar steps).
 const UPLOAD_CHUNK: usize = 256 * 1024;
 
-pub(crate) async fn run(dir: &Path, no_build: bool) -> anyhow::Result<ExitCode> {
+/// How a deploy shares the app's traffic with the revisions serving now.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TrafficOptions {
+    /// Percent the new revision takes: `None` = all (a plain deploy), 1..=99 = a canary,
+    /// 0 = none (reachable only by pinning).
+    pub(crate) percent: Option<u8>,
+    /// Deploy only if the app is still at this traffic generation.
+    pub(crate) expect: Option<u64>,
+}
+
+pub(crate) async fn run(
+    dir: &Path,
+    no_build: bool,
+    percent: Option<u8>,
+    expect: Option<u64>,
+) -> anyhow::Result<ExitCode> {
     let client = Client::from_env()?;
-    let resp = deploy_dir(&client, dir, no_build).await?;
+    let opts = TrafficOptions { percent, expect };
+    let resp = deploy_dir_with(&client, dir, no_build, opts).await?;
     print_result(&client, &resp);
     Ok(ExitCode::SUCCESS)
 }
@@ -34,11 +51,21 @@ pub(crate) fn read_manifest(dir: &Path) -> anyhow::Result<(Manifest, String)> {
     Ok((m, text))
 }
 
-/// Builds (unless `no_build`) and deploys the app in `dir`.
+/// Builds (unless `no_build`) and deploys the app in `dir`, moving all traffic to it.
 pub(crate) async fn deploy_dir(
     client: &Client,
     dir: &Path,
     no_build: bool,
+) -> anyhow::Result<DeployResponse> {
+    deploy_dir_with(client, dir, no_build, TrafficOptions::default()).await
+}
+
+/// Builds (unless `no_build`) and deploys the app in `dir` with `opts` deciding its traffic.
+pub(crate) async fn deploy_dir_with(
+    client: &Client,
+    dir: &Path,
+    no_build: bool,
+    opts: TrafficOptions,
 ) -> anyhow::Result<DeployResponse> {
     let (m, text) = read_manifest(dir)?;
     if !no_build {
@@ -61,7 +88,7 @@ pub(crate) async fn deploy_dir(
         })?;
         bundle.part(&format!("{FUNCTION_PART_PREFIX}{name}"), &code);
     }
-    upload(client, &m.app, bundle.finish()).await
+    upload(client, &m.app, bundle.finish(), opts).await
 }
 
 /// Runs each distinct build command once, streaming its output.
@@ -135,7 +162,12 @@ pub(crate) async fn ensure_wasm_target() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn upload(client: &Client, app: &str, bundle: Vec<u8>) -> anyhow::Result<DeployResponse> {
+async fn upload(
+    client: &Client,
+    app: &str,
+    bundle: Vec<u8>,
+    opts: TrafficOptions,
+) -> anyhow::Result<DeployResponse> {
     let total = bundle.len() as u64;
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(total);
@@ -172,12 +204,29 @@ async fn upload(client: &Client, app: &str, bundle: Vec<u8>) -> anyhow::Result<D
         ),
         (header::CONTENT_LENGTH, HeaderValue::from(total)),
     ];
-    let resp = client
-        .send(Method::POST, "/_nubo/api/v1/apps", body, &headers)
-        .await?;
+    let mut query = Vec::new();
+    if let Some(p) = opts.percent {
+        query.push(format!("traffic={p}"));
+    }
+    if let Some(g) = opts.expect {
+        query.push(format!("expected_generation={g}"));
+    }
+    let path = if query.is_empty() {
+        "/_nubo/api/v1/apps".to_string()
+    } else {
+        format!("/_nubo/api/v1/apps?{}", query.join("&"))
+    };
+    let resp = client.send(Method::POST, &path, body, &headers).await?;
     bar.finish_and_clear();
     let status = resp.status();
     let bytes = read_body(resp).await?;
+    if status == http::StatusCode::CONFLICT {
+        return Err(
+            conflict_error(app, opts.expect, &bytes, "deploy").context(format!(
+                "deploy of {app} refused; the previous revision keeps serving"
+            )),
+        );
+    }
     if !status.is_success() {
         return Err(api_error(status, &bytes).context(format!(
             "deploy of {app} refused; the previous revision keeps serving"
@@ -202,6 +251,18 @@ pub(crate) fn print_result(client: &Client, resp: &DeployResponse) {
             &f.digest[..12.min(f.digest.len())]
         );
     }
+    let share = resp.traffic.as_ref().map_or(100, |t| {
+        t.split
+            .iter()
+            .find(|e| e.revision == resp.revision)
+            .map_or(0, |e| e.weight)
+    });
+    // A revision without traffic answers only when pinned: show the URLs that reach it.
+    let prefix = if share == 0 {
+        format!("/_rev/{}", resp.revision)
+    } else {
+        String::new()
+    };
     if resp.routes.is_empty() {
         println!(
             "  no routes; invoke with `nubo invoke {}/FUNCTION`",
@@ -215,11 +276,27 @@ pub(crate) fn print_result(client: &Client, resp: &DeployResponse) {
             r.methods.join(",")
         };
         println!(
-            "  {:<8} {}{}  -> {}",
+            "  {:<8} {}{prefix}{}  -> {}",
             methods,
             client.base(),
             r.path,
             r.function
+        );
+    }
+    if let Some(t) = &resp.traffic {
+        let note = match share {
+            100 => "takes all traffic".to_string(),
+            0 => format!(
+                "takes no traffic; reach it with the header `nubo-revision: {0}` or the path prefix /_rev/{0}/",
+                resp.revision
+            ),
+            p => format!("takes {p}% of traffic (canary)"),
+        };
+        println!("  revision {} {note}", resp.revision);
+        println!(
+            "  traffic  {} (generation {})",
+            format_split(&t.split),
+            t.generation
         );
     }
 }

@@ -8,6 +8,9 @@ use http_body_util::BodyExt;
 use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 
+/// The request header that pins a revision.
+const PIN_HEADER: &str = "nubo-revision";
+
 pub(crate) async fn run(
     target: &str,
     data: Option<String>,
@@ -15,6 +18,7 @@ pub(crate) async fn run(
     path: &str,
     headers: &[String],
     include: bool,
+    revision: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let (app, function) = split_target(target, true)?;
     let function = function.unwrap_or_default();
@@ -54,6 +58,14 @@ pub(crate) async fn run(
     if !path.starts_with('/') {
         bail!("--path must start with '/', like --path /hello/world");
     }
+    if let Some(r) = revision {
+        if hs.iter().any(|(k, _)| k.as_str() == PIN_HEADER) {
+            bail!(
+                "pass the revision once: either --revision {r} or -H '{PIN_HEADER}: N', not both"
+            );
+        }
+        hs.push((HeaderName::from_static(PIN_HEADER), HeaderValue::from(r)));
+    }
     let client = Client::from_env()?;
     let url = format!(
         "/_nubo/api/v1/apps/{}/functions/{}/invoke?path={}",
@@ -78,6 +90,23 @@ pub(crate) async fn run(
             eprintln!("{k}: {}", v.to_str().unwrap_or("<binary>"));
         }
         eprintln!();
+    }
+    if let Some(asked) = revision
+        && status.is_success()
+    {
+        let served = resp
+            .headers()
+            .get(PIN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if served != Some(asked) {
+            bail!(
+                "asked for revision {asked} of {app} but the server ran {}; it may predate revision pinning: upgrade it",
+                served.map_or("an unnamed revision".to_string(), |s| format!(
+                    "revision {s}"
+                ))
+            );
+        }
     }
     let mut body = resp.into_body();
     let mut out = std::io::stdout();

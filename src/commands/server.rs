@@ -13,6 +13,7 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
             .ok()
             .filter(|k| !k.is_empty()),
         drain_timeout: args.drain_timeout,
+        keep_revisions: args.keep_revisions,
     }
 }
 

@@ -73,6 +73,15 @@ impl Server {
         s
     }
 
+    /// Starts a server with a fresh data dir and extra arguments.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(&dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts a server on `data_dir` with extra arguments.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(nubo_bin())
@@ -311,6 +320,140 @@ pub fn http(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     parse_response(&raw)
+}
+
+/// One keep-alive HTTP/1.1 connection, for tests that send thousands of requests without
+/// leaving thousands of sockets in TIME_WAIT. An error leaves it closed; the next request
+/// connects again.
+pub struct Conn {
+    addr: SocketAddr,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Conn {
+    /// A connection to `addr` (opened by the first request).
+    pub fn new(addr: SocketAddr) -> Conn {
+        Conn { addr, stream: None }
+    }
+
+    /// Sends one request and reads the whole response.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Resp> {
+        let result = self.exchange(method, path, headers, body);
+        match &result {
+            Ok(r)
+                if r.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close")) =>
+            {
+                self.stream = None;
+            }
+            Ok(_) => {}
+            Err(_) => self.stream = None,
+        }
+        result
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Resp> {
+        use std::io::{Error, ErrorKind};
+        if self.stream.is_none() {
+            let s = TcpStream::connect(self.addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            s.set_nodelay(true)?;
+            self.stream = Some(BufReader::new(s));
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut out = req.into_bytes();
+        out.extend_from_slice(body);
+        stream.get_mut().write_all(&out)?;
+
+        let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
+        let mut line = String::new();
+        if stream.read_line(&mut line)? == 0 {
+            return Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            stream.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').ok_or_else(|| bad("bad header line"))?;
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                line.clear();
+                stream.read_line(&mut line)?;
+                let size =
+                    usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk size"))?;
+                if size == 0 {
+                    // Trailers (none expected) end with an empty line.
+                    loop {
+                        line.clear();
+                        stream.read_line(&mut line)?;
+                        if line.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let start = body.len();
+                body.resize(start + size, 0);
+                stream.read_exact(&mut body[start..])?;
+                let mut crlf = [0u8; 2];
+                stream.read_exact(&mut crlf)?;
+            }
+        } else if let Some(n) = find("content-length") {
+            let n: usize = n.parse().map_err(|_| bad("bad content-length"))?;
+            body.resize(n, 0);
+            stream.read_exact(&mut body)?;
+        } else if status != 204 && status != 304 {
+            stream.read_to_end(&mut body)?;
+            self.stream = None;
+        }
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
 }
 
 /// Parses a raw HTTP/1.1 response (content-length, chunked or close-delimited).

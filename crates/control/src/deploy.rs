@@ -1,16 +1,30 @@
-//! Deploying and removing apps.
+//! Deploying and removing apps, and loading stored revisions into the engine.
 
 use crate::Control;
 use crate::bundle::{Bundle, BundleError};
-use crate::live::{LiveApp, compile_routes};
-use nubo_core::api::v1::{DeployResponse, DeployedFunction, RouteInfo};
+use crate::live::{AppState, LiveApp, LiveRevision};
+use nubo_core::api::v1::{
+    DeployResponse, DeployedFunction, RouteInfo, TrafficState, WeightedRevision,
+};
 use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
 use nubo_core::manifest::{self, Manifest, ManifestErrors};
 use nubo_core::{ErrorCode, RouteError};
-use nubo_store::{FunctionCode, NewRevision, RevisionRecord, Store};
+use nubo_store::{
+    FunctionCode, NewRevision, RevisionRecord, Store, StoreError, TrafficInstruction, canary_split,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// How a deploy treats traffic (`POST /apps?traffic=P&expected_generation=G`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeployOptions {
+    /// Percent the new revision takes: `None` or 100 = all (a plain deploy), 1..=99 = canary,
+    /// 0 = none (reachable only by pinning). The first deploy of an app must take all.
+    pub traffic: Option<u8>,
+    /// Commit only if the app is still at this generation ([`DeployError::Conflict`]).
+    pub expected_generation: Option<u64>,
+}
 
 /// Why a deploy (or another control operation) failed. Nothing that serves traffic changed.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +63,41 @@ pub enum DeployError {
         /// Its functions.
         known: Vec<String>,
     },
+    /// The app has no retained revision with that number.
+    #[error(
+        "app {app:?} has no retained revision {revision}; `nubo revisions {app}` lists the ones that can take traffic or be pinned"
+    )]
+    RevisionNotFound {
+        /// App.
+        app: String,
+        /// The revision asked for.
+        revision: u64,
+    },
+    /// A traffic split, canary percent or rollback is invalid.
+    #[error("invalid traffic for app {app:?}: {reason}")]
+    InvalidTraffic {
+        /// App.
+        app: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The app moved past the generation the request expected; nothing changed.
+    #[error(
+        "app {app:?} is at generation {current}, not {expected}: another change came first; read the current state and retry with its generation"
+    )]
+    Conflict {
+        /// App.
+        app: String,
+        /// The generation the request expected.
+        expected: u64,
+        /// The generation now.
+        current: u64,
+        /// The app's traffic state now (the body of the 409 answer).
+        state: Option<Box<TrafficState>>,
+    },
     /// The store failed.
     #[error("storage error: {0}")]
-    Store(#[from] nubo_store::StoreError),
+    Store(StoreError),
     /// Something else inside Nubo failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,18 +114,63 @@ impl DeployError {
             DeployError::Code(c) => c.code,
             DeployError::AppNotFound(_) => ErrorCode::AppNotFound,
             DeployError::FunctionNotFound { .. } => ErrorCode::FunctionNotFound,
+            DeployError::RevisionNotFound { .. } => ErrorCode::RevisionNotFound,
+            DeployError::InvalidTraffic { .. } => ErrorCode::InvalidTraffic,
+            DeployError::Conflict { .. } => ErrorCode::Conflict,
             DeployError::Store(_) | DeployError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
 
-fn join_err(e: tokio::task::JoinError) -> DeployError {
+impl From<StoreError> for DeployError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict {
+                app,
+                expected,
+                current,
+            } => DeployError::Conflict {
+                app,
+                expected,
+                current,
+                state: None,
+            },
+            StoreError::InvalidTraffic { app, reason } => {
+                DeployError::InvalidTraffic { app, reason }
+            }
+            StoreError::RevisionNotFound { app, revision } => {
+                DeployError::RevisionNotFound { app, revision }
+            }
+            StoreError::AppNotDeployed(app) => DeployError::AppNotFound(app),
+            other => DeployError::Store(other),
+        }
+    }
+}
+
+pub(crate) fn join_err(e: tokio::task::JoinError) -> DeployError {
     DeployError::Internal(format!("background task failed: {e}"))
 }
 
 impl Control {
-    /// Deploys an app from an uploaded bundle, creating its next revision.
+    /// Deploys an app from an uploaded bundle as its next revision, taking all traffic.
     pub async fn deploy(&self, body: &[u8]) -> Result<DeployResponse, DeployError> {
+        self.deploy_with(body, DeployOptions::default()).await
+    }
+
+    /// Deploys an app from an uploaded bundle as its next revision, with a traffic
+    /// instruction. The code is validated, compiled and loaded before anything is committed;
+    /// the revision, the app's new split and its generation bump commit together, then the
+    /// live state swaps atomically.
+    ///
+    /// Errors: the bundle or manifest is invalid; a route clashes with another app's;
+    /// [`DeployError::InvalidTraffic`] for a percent over 100 or a first deploy that is a
+    /// canary or takes no traffic; [`DeployError::Conflict`] when `expected_generation` is
+    /// stale; code that fails validation or compilation.
+    pub async fn deploy_with(
+        &self,
+        body: &[u8],
+        opts: DeployOptions,
+    ) -> Result<DeployResponse, DeployError> {
         let bundle = Bundle::parse(body)?;
         let manifest = manifest::parse(&bundle.manifest)?;
         for name in manifest.functions.keys() {
@@ -94,24 +185,54 @@ impl Control {
         {
             return Err(DeployError::UnexpectedComponent(extra.clone()));
         }
+        let app: Arc<str> = manifest.app.as_str().into();
+        let percent = opts.traffic.unwrap_or(100);
+        if percent > 100 {
+            return Err(DeployError::InvalidTraffic {
+                app: app.to_string(),
+                reason: format!(
+                    "the new revision cannot take {percent} percent; use 1 to 99 for a canary, 100 for all or 0 for none"
+                ),
+            });
+        }
+        let instruction = TrafficInstruction::from_percent(percent);
 
-        let lock = self.app_lock(&manifest.app);
+        let lock = self.app_lock(&app);
         let _serial = lock.lock().await;
+        let slot = self.app(&app);
+        let current = slot.as_ref().map(|s| s.state_full());
+        if current.is_none() && instruction != TrafficInstruction::All {
+            return Err(DeployError::InvalidTraffic {
+                app: app.to_string(),
+                reason: "the first deploy of an app takes all traffic; deploy it without --canary or --no-traffic first".into(),
+            });
+        }
 
-        // Cheap checks first: the new routes must not clash with other apps' live routes.
+        // Cheap checks first: the generation, then the routes against other apps.
         let store = self.store.clone();
-        let app_name = manifest.app.clone();
-        let revision = tokio::task::spawn_blocking(move || store.next_revision(&app_name))
-            .await
-            .map_err(join_err)??;
-        let candidate = LiveApp {
-            name: manifest.app.as_str().into(),
+        let app_name = app.to_string();
+        let (revision, generation) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((
+                store.next_revision(&app_name)?,
+                store.generation(&app_name)?,
+            ))
+        })
+        .await
+        .map_err(join_err)??;
+        if let Some(expected) = opts.expected_generation
+            && expected != generation
+        {
+            return Err(self.conflict(&app, expected, generation));
+        }
+        let candidate = Arc::new(LiveRevision::new(
+            app.clone(),
             revision,
-            deployed_at: std::time::SystemTime::now(),
-            manifest: manifest.clone(),
-            digests: BTreeMap::new(),
-        };
-        self.check_routes_with(&candidate)?;
+            std::time::SystemTime::now(),
+            manifest.clone(),
+            BTreeMap::new(),
+        )?);
+        let weighted = predicted_split(current.as_deref(), &candidate, instruction);
+        self.check_global_routes(&app, &weighted)?;
 
         // Store and compile the code (bounded by the engine), outside any lock but the app's.
         let mut functions = Vec::new();
@@ -155,53 +276,27 @@ impl Control {
             });
         }
 
-        // Load (pre-instantiate) the new revision next to the serving one.
+        // Load (pre-instantiate) the new revision next to the serving ones.
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.load(loads))
             .await
             .map_err(join_err)??;
 
-        let live = LiveApp {
+        let live = Arc::new(LiveRevision::new(
+            app.clone(),
+            revision,
+            candidate.deployed_at,
+            manifest.clone(),
             digests,
-            ..candidate
-        };
-        let result = self.commit(live, &functions).await;
-        if result.is_err() {
-            // Drop what was loaded for the refused revision; the serving one stays.
-            let keep: Vec<u64> = self
-                .app(&manifest.app)
-                .map(|a| vec![a.revision])
-                .unwrap_or_default();
-            self.engine.retain(&manifest.app, &keep);
-        }
-        result
-    }
-
-    fn check_routes_with(&self, candidate: &LiveApp) -> Result<(), DeployError> {
-        let apps = self.apps.load();
-        let others = apps
-            .values()
-            .filter(|a| a.name != candidate.name)
-            .map(|a| &**a);
-        compile_routes(others.chain(std::iter::once(candidate)))?;
-        Ok(())
-    }
-
-    async fn commit(
-        &self,
-        live: LiveApp,
-        functions: &[DeployedFunction],
-    ) -> Result<DeployResponse, DeployError> {
-        let _commit = self.commit_lock.lock().await;
-        // Other apps may have been deployed since the early check: check again under the lock.
-        let mut apps = (**self.apps.load()).clone();
-        apps.insert(live.name.to_string(), Arc::new(live.clone()));
-        let routes = compile_routes(apps.values().map(|a| &**a))?;
-
-        let store = self.store.clone();
+        )?);
+        let weighted = predicted_split(current.as_deref(), &live, instruction);
+        let slot = slot.unwrap_or_else(|| {
+            let state = AppState::new(0, weighted.clone(), BTreeMap::new());
+            Arc::new(LiveApp::new(app.clone(), state))
+        });
         let new = NewRevision {
-            app: live.name.to_string(),
-            manifest: live.manifest.clone(),
+            app: app.to_string(),
+            manifest: manifest.clone(),
             functions: functions
                 .iter()
                 .map(|f| FunctionCode {
@@ -210,26 +305,57 @@ impl Control {
                     size: f.size,
                 })
                 .collect(),
+            deployed_by: None,
         };
-        let rec: RevisionRecord = tokio::task::spawn_blocking(move || store.commit_revision(new))
-            .await
-            .map_err(join_err)??;
-        if rec.revision != live.revision {
-            return Err(DeployError::Internal(format!(
-                "revision number changed during deploy ({} != {})",
-                rec.revision, live.revision
-            )));
+        let store = self.store.clone();
+        let expected = opts.expected_generation;
+        let mut available: Vec<Arc<LiveRevision>> = current
+            .as_deref()
+            .map(|s| {
+                s.split
+                    .iter()
+                    .map(|(r, _)| r.clone())
+                    .chain(s.staged.values().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        available.push(live.clone());
+        let result = self
+            .commit_and_publish(
+                &slot,
+                &weighted,
+                move || store.commit_revision_with(new, instruction, expected),
+                |(rec, split): &(RevisionRecord, nubo_store::TrafficSplit)| {
+                    if rec.revision != revision {
+                        return Err(DeployError::Internal(format!(
+                            "revision number changed during deploy ({} != {revision})",
+                            rec.revision
+                        )));
+                    }
+                    next_state(
+                        current.as_deref(),
+                        split.generation,
+                        &split.split,
+                        &available,
+                    )
+                },
+            )
+            .await;
+        if let Err(e) = result {
+            // Drop what was loaded for the refused revision; the serving ones stay.
+            let keep = current.map(|s| s.loaded_numbers()).unwrap_or_default();
+            self.engine.retain(&app, &keep);
+            return Err(self.fill_conflict(e));
         }
-        // The commit is durable: publish. Both swaps are single pointer stores.
-        self.apps.store(Arc::new(apps));
-        self.routes.store(Arc::new(routes));
-        self.engine.retain(&live.name, &[live.revision]);
-        tracing::info!(app = %live.name, revision = live.revision, "deployed");
+        tracing::info!(app = %app, revision, traffic = percent, "deployed");
+        self.prune(&slot).await;
+        self.tidy(&slot);
         Ok(DeployResponse {
-            app: live.name.to_string(),
-            revision: live.revision,
-            functions: functions.to_vec(),
-            routes: route_infos(&live.manifest),
+            app: app.to_string(),
+            revision,
+            functions,
+            routes: route_infos(&manifest),
+            traffic: Some(self.traffic_state_of(&slot)),
         })
     }
 
@@ -237,9 +363,10 @@ impl Control {
     pub async fn remove(&self, app: &str) -> Result<u64, DeployError> {
         let lock = self.app_lock(app);
         let _serial = lock.lock().await;
-        let live = self
+        let slot = self
             .app(app)
             .ok_or_else(|| DeployError::AppNotFound(app.to_string()))?;
+        let primary = slot.state().primary().map_or(0, |r| r.revision);
         let _commit = self.commit_lock.lock().await;
         let store = self.store.clone();
         let name = app.to_string();
@@ -248,38 +375,42 @@ impl Control {
             .map_err(join_err)??;
         let mut apps = (**self.apps.load()).clone();
         apps.remove(app);
-        let routes = compile_routes(apps.values().map(|a| &**a))?;
+        let routes = crate::global_routes(&apps, None)?;
         self.apps.store(Arc::new(apps));
         self.routes.store(Arc::new(routes));
         self.engine.retain(app, &[]);
-        tracing::info!(app, revision = live.revision, "removed");
-        Ok(live.revision)
+        tracing::info!(app, revision = primary, "removed");
+        Ok(primary)
     }
 
-    /// Loads one stored revision into the engine (used at startup).
+    /// Loads one stored revision into the engine, from the compiled-artifact cache when it is
+    /// there (compiling again only when it is not). Returns it and how many functions had to
+    /// be compiled.
     pub(crate) async fn load_revision(
         &self,
         rec: RevisionRecord,
-    ) -> Result<(LiveApp, usize), DeployError> {
+    ) -> Result<(LiveRevision, usize), DeployError> {
         let store = self.store.clone();
         let engine = self.engine.clone();
-        let live = LiveApp {
-            name: rec.app.as_str().into(),
-            revision: rec.revision,
-            deployed_at: rec.created_at,
-            manifest: rec.manifest.clone(),
-            digests: rec
-                .functions
+        let live = LiveRevision::new(
+            rec.app.as_str().into(),
+            rec.revision,
+            rec.created_at,
+            rec.manifest.clone(),
+            rec.functions
                 .iter()
                 .map(|f| (f.name.clone(), f.digest.clone()))
                 .collect(),
-        };
-        let live2 = live.clone();
-        tokio::task::spawn_blocking(move || {
+        )?;
+        let manifest = live.manifest.clone();
+        let digests = live.digests.clone();
+        let app = live.app.clone();
+        let revision = live.revision;
+        let recompiled = tokio::task::spawn_blocking(move || {
             let mut loads = Vec::new();
             let mut recompiled = 0;
-            for (name, spec) in &live2.manifest.functions {
-                let digest = live2.digests.get(name).ok_or_else(|| {
+            for (name, spec) in &manifest.functions {
+                let digest = digests.get(name).ok_or_else(|| {
                     DeployError::Internal(format!("revision has no code for {name}"))
                 })?;
                 // Missing when compiled by another engine version or the cache was cleared.
@@ -287,11 +418,12 @@ impl Control {
                     Ok(store.get_blob(digest)?)
                 })?;
                 recompiled += usize::from(compiled.is_some());
-                let target = live2
-                    .target(name)
-                    .ok_or_else(|| DeployError::Internal("function vanished".into()))?;
                 loads.push(LoadFunction {
-                    target,
+                    target: nubo_core::FunctionTarget {
+                        app: app.clone(),
+                        function: name.as_str().into(),
+                        revision,
+                    },
                     spec: spec.clone(),
                     artifact,
                 });
@@ -300,9 +432,87 @@ impl Control {
             Ok::<_, DeployError>(recompiled)
         })
         .await
-        .map_err(join_err)?
-        .map(|recompiled| (live, recompiled))
+        .map_err(join_err)??;
+        Ok((live, recompiled))
     }
+}
+
+/// The weighted revisions a deploy will produce (the store computes the same split).
+fn predicted_split(
+    current: Option<&AppState>,
+    new: &Arc<LiveRevision>,
+    instruction: TrafficInstruction,
+) -> Vec<(Arc<LiveRevision>, u8)> {
+    let Some(current) = current else {
+        return vec![(new.clone(), 100)];
+    };
+    let weights: Vec<WeightedRevision> = current
+        .split
+        .iter()
+        .map(|(r, w)| WeightedRevision {
+            revision: r.revision,
+            weight: *w,
+        })
+        .collect();
+    let split = match instruction {
+        TrafficInstruction::All => vec![WeightedRevision {
+            revision: new.revision,
+            weight: 100,
+        }],
+        TrafficInstruction::Canary(p) => canary_split(&weights, new.revision, p),
+        TrafficInstruction::None => weights,
+    };
+    split
+        .iter()
+        .filter_map(|w| {
+            let r = if w.revision == new.revision {
+                Some(new.clone())
+            } else {
+                current.loaded(w.revision).cloned()
+            };
+            r.map(|r| (r, w.weight))
+        })
+        .collect()
+}
+
+/// The state after a committed change: `split` (from the store) over the revisions in
+/// `available`; revisions that lose their traffic, and loaded ones that never had any, stay
+/// loaded as staged.
+pub(crate) fn next_state(
+    current: Option<&AppState>,
+    generation: u64,
+    split: &[WeightedRevision],
+    available: &[Arc<LiveRevision>],
+) -> Result<AppState, DeployError> {
+    let find = |n: u64| available.iter().find(|r| r.revision == n).cloned();
+    let mut weighted = Vec::with_capacity(split.len());
+    for w in split {
+        let r = find(w.revision).ok_or_else(|| {
+            DeployError::Internal(format!(
+                "revision {} takes traffic but is not loaded",
+                w.revision
+            ))
+        })?;
+        weighted.push((r, w.weight));
+    }
+    let mut staged = current.map(|s| s.staged.clone()).unwrap_or_default();
+    if let Some(s) = current {
+        for (r, _) in &s.split {
+            if !split.iter().any(|w| w.revision == r.revision) {
+                r.touch();
+                staged.insert(r.revision, r.clone());
+            }
+        }
+    }
+    for r in available {
+        if !split.iter().any(|w| w.revision == r.revision) {
+            staged.entry(r.revision).or_insert_with(|| r.clone());
+        }
+    }
+    for w in split {
+        staged.remove(&w.revision);
+    }
+    Ok(AppState::new(generation, weighted, staged))
 }
 
 /// The compiled artifact of the code `digest`: from the cache, or compiled from `code()` and
@@ -322,6 +532,7 @@ fn cached_artifact(
     let started = Instant::now();
     let compiled = engine.compile(function, &code()?)?;
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(function, digest, compile_ms = ms, "compiled function");
     let path = store.put_artifact(digest, key, &compiled)?;
     Ok((Artifact::File(path), Some(ms)))
 }

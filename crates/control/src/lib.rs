@@ -1,32 +1,45 @@
 //! The control plane: what is deployed. It validates deploys, stores code and revisions, drives
-//! the engine to compile and load code, and compiles the live [`RouteTable`] that the gateway
-//! reads on every request.
+//! the engine to compile and load code, keeps each app's traffic split over its loaded
+//! revisions, and compiles the route tables that the gateway reads on every request.
 //!
 //! Invariants:
 //! - A deploy either fully succeeds or changes nothing that serves traffic: code is checked,
 //!   compiled and loaded, and routes are checked against every other app, before the revision
-//!   is committed and the route table swapped (one atomic pointer store).
-//! - Deploys of one app are serialized; the final commit-and-swap step is serialized across
-//!   apps, because the route table is shared.
+//!   is committed (with its traffic split and generation) and the live state swapped (atomic
+//!   pointer stores). A revision whose code failed is never committed, so never selectable.
+//! - Deploys and traffic changes of one app are serialized (linearizable per app); the final
+//!   commit-and-swap step is serialized across apps, because the route table is shared.
+//! - A revision that loses its traffic stays loaded for [`STAGED_TTL`] after its last use, so
+//!   a request that chose it just before a change still finds its code.
 //! - This crate knows nothing of wasmtime: it talks to code through [`nubo_core::engine::Engine`].
 
 mod bundle;
 mod deploy;
 mod live;
+mod stats;
+mod traffic;
 
 pub use bundle::{
     Bundle, BundleError, BundleWriter, FUNCTION_PART_PREFIX, MAGIC as BUNDLE_MAGIC, MANIFEST_PART,
 };
-pub use deploy::{DeployError, route_infos};
-pub use live::{LiveApp, RouteTarget, Routes};
+pub use deploy::{DeployError, DeployOptions, route_infos};
+pub use live::{AppState, LiveApp, LiveRevision, RouteTarget, Routes};
+pub use stats::{BUCKET_SECS, BUCKETS, RequestWindow};
+pub use traffic::STAGED_TTL;
 
 use arc_swap::ArcSwap;
+use deploy::join_err;
+use nubo_core::FunctionTarget;
 use nubo_core::engine::Engine;
-use nubo_core::{FunctionTarget, RouteTable};
-use nubo_store::Store;
+use nubo_core::manifest::Manifest;
+use nubo_store::{Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How many revisions of an app are kept by default (`--keep-revisions`); older ones without
+/// traffic are pruned after each deploy.
+pub const DEFAULT_KEEP_REVISIONS: usize = 100;
 
 /// The control plane of one node.
 pub struct Control {
@@ -36,12 +49,14 @@ pub struct Control {
     apps: ArcSwap<BTreeMap<String, Arc<LiveApp>>>,
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     commit_lock: tokio::sync::Mutex<()>,
+    keep_revisions: usize,
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
             .field("apps", &self.apps.load().len())
+            .field("keep_revisions", &self.keep_revisions)
             .finish()
     }
 }
@@ -51,7 +66,7 @@ impl std::fmt::Debug for Control {
 pub struct RestoreReport {
     /// Apps serving again.
     pub apps: usize,
-    /// Functions loaded.
+    /// Functions loaded (over every revision that takes traffic).
     pub functions: usize,
     /// Functions whose compiled artifact was missing and had to be compiled again.
     pub recompiled: usize,
@@ -62,8 +77,19 @@ pub struct RestoreReport {
 }
 
 impl Control {
-    /// A control plane with nothing loaded yet; call [`Control::restore`] next.
+    /// A control plane with nothing loaded yet, keeping [`DEFAULT_KEEP_REVISIONS`] revisions
+    /// per app; call [`Control::restore`] next.
     pub fn new(store: Arc<Store>, engine: Arc<dyn Engine>) -> Self {
+        Self::with_retention(store, engine, DEFAULT_KEEP_REVISIONS)
+    }
+
+    /// A control plane that keeps the `keep_revisions` newest revisions of each app (at least
+    /// 1; revisions with traffic are always kept).
+    pub fn with_retention(
+        store: Arc<Store>,
+        engine: Arc<dyn Engine>,
+        keep_revisions: usize,
+    ) -> Self {
         Control {
             store,
             engine,
@@ -71,10 +97,12 @@ impl Control {
             apps: ArcSwap::from_pointee(BTreeMap::new()),
             app_locks: Mutex::new(HashMap::new()),
             commit_lock: tokio::sync::Mutex::new(()),
+            keep_revisions: keep_revisions.max(1),
         }
     }
 
-    /// The live route table. Lock-free; the snapshot stays valid while held.
+    /// The global route table (finds a request's app). Lock-free; the snapshot stays valid
+    /// while held.
     pub fn routes(&self) -> arc_swap::Guard<Arc<Routes>> {
         self.routes.load()
     }
@@ -94,14 +122,15 @@ impl Control {
         &self.store
     }
 
-    /// The live target for `app/function`.
+    /// The target for `app/function` in the app's highest-weight revision.
     pub fn target(
         &self,
         app: &str,
         function: &str,
-    ) -> Result<(FunctionTarget, Arc<LiveApp>), DeployError> {
+    ) -> Result<(FunctionTarget, Arc<LiveRevision>), DeployError> {
         let live = self
             .app(app)
+            .and_then(|a| a.state().primary().cloned())
             .ok_or_else(|| DeployError::AppNotFound(app.to_string()))?;
         let target = live
             .target(function)
@@ -113,9 +142,10 @@ impl Control {
         Ok((target, live))
     }
 
-    /// Loads every app's live revision from the store: from the compiled-artifact cache when it
-    /// is there, compiling again only when it is not. Apps that fail to load are logged and
-    /// skipped so one broken app cannot keep the others down.
+    /// Loads every revision that takes traffic, for every app, from the store: from the
+    /// compiled-artifact cache when it is there, compiling again only when it is not. An app
+    /// any of whose weighted revisions fails to load is logged and skipped, so one broken app
+    /// cannot keep the others down.
     pub async fn restore(&self) -> RestoreReport {
         let start = Instant::now();
         let mut report = RestoreReport {
@@ -126,7 +156,7 @@ impl Control {
             elapsed: Duration::ZERO,
         };
         let store = self.store.clone();
-        let revisions = match tokio::task::spawn_blocking(move || store.live_revisions()).await {
+        let splits = match tokio::task::spawn_blocking(move || store.all_traffic()).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read deployed apps from the store");
@@ -138,22 +168,26 @@ impl Control {
             }
         };
         let mut apps = BTreeMap::new();
-        for rec in revisions {
-            let name = rec.app.clone();
-            match self.load_revision(rec).await {
-                Ok((live, recompiled)) => {
+        for split in splits {
+            let name = split.app.clone();
+            match self.restore_app(&split).await {
+                Ok((state, functions, recompiled)) => {
                     report.apps += 1;
-                    report.functions += live.manifest.functions.len();
+                    report.functions += functions;
                     report.recompiled += recompiled;
-                    apps.insert(name, Arc::new(live));
+                    apps.insert(
+                        name.clone(),
+                        Arc::new(LiveApp::new(name.as_str().into(), state)),
+                    );
                 }
                 Err(e) => {
                     report.failed += 1;
+                    self.engine.retain(&name, &[]);
                     tracing::error!(app = %name, error = %e, "cannot load app; it will not serve until redeployed");
                 }
             }
         }
-        match live::compile_routes(apps.values().map(|a| &**a)) {
+        match global_routes(&apps, None) {
             Ok(routes) => {
                 self.routes.store(Arc::new(routes));
                 self.apps.store(Arc::new(apps));
@@ -166,17 +200,194 @@ impl Control {
         report
     }
 
+    async fn restore_app(
+        &self,
+        split: &nubo_store::TrafficSplit,
+    ) -> Result<(AppState, usize, usize), DeployError> {
+        let mut weighted = Vec::new();
+        let (mut functions, mut recompiled) = (0, 0);
+        for w in &split.split {
+            let store = self.store.clone();
+            let (app, n) = (split.app.clone(), w.revision);
+            let rec = tokio::task::spawn_blocking(move || store.revision(&app, n))
+                .await
+                .map_err(join_err)??
+                .ok_or_else(|| DeployError::RevisionNotFound {
+                    app: split.app.clone(),
+                    revision: n,
+                })?;
+            let (live, r) = self.load_revision(rec).await?;
+            functions += live.manifest.functions.len();
+            recompiled += r;
+            weighted.push((Arc::new(live), w.weight));
+        }
+        Ok((
+            AppState::new(split.generation, weighted, BTreeMap::new()),
+            functions,
+            recompiled,
+        ))
+    }
+
     fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.app_locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(app.to_string()).or_default().clone()
     }
+
+    /// Checks that `app` serving `weighted` would not clash with any other app's routes.
+    fn check_global_routes(
+        &self,
+        app: &str,
+        weighted: &[(Arc<LiveRevision>, u8)],
+    ) -> Result<(), DeployError> {
+        let apps = self.apps.load();
+        let revs: Vec<Arc<LiveRevision>> = weighted.iter().map(|(r, _)| r.clone()).collect();
+        let mut with = (**apps).clone();
+        if !with.contains_key(app) {
+            // A first deploy: a stand-in slot, only for the check.
+            let state = AppState::new(0, weighted.to_vec(), BTreeMap::new());
+            with.insert(app.to_string(), Arc::new(LiveApp::new(app.into(), state)));
+        }
+        global_routes(&with, Some((app, &revs)))?;
+        Ok(())
+    }
+
+    /// The commit step of every change of an app (caller holds the app's lock): under the
+    /// commit lock, checks the global routes with `slot` serving `weighted`, runs `commit` (the
+    /// durable store write), builds the new state from its result, and publishes the state,
+    /// the app map and the route table (each one pointer store).
+    async fn commit_and_publish<T: Send + 'static>(
+        &self,
+        slot: &Arc<LiveApp>,
+        weighted: &[(Arc<LiveRevision>, u8)],
+        commit: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+        state: impl FnOnce(&T) -> Result<AppState, DeployError>,
+    ) -> Result<T, DeployError> {
+        let _commit = self.commit_lock.lock().await;
+        let mut apps = (**self.apps.load()).clone();
+        apps.insert(slot.name.to_string(), slot.clone());
+        let revs: Vec<Arc<LiveRevision>> = weighted.iter().map(|(r, _)| r.clone()).collect();
+        let routes = global_routes(&apps, Some((&slot.name, &revs)))?;
+        let out = tokio::task::spawn_blocking(commit)
+            .await
+            .map_err(join_err)??;
+        let next = state(&out)?;
+        // The commit is durable: publish. The new state first, so a request that found the
+        // app through the old table already sees the new split.
+        slot.set_state(next);
+        self.apps.store(Arc::new(apps));
+        self.routes.store(Arc::new(routes));
+        Ok(out)
+    }
+
+    /// A conflict error carrying the app's current traffic state.
+    fn conflict(&self, app: &str, expected: u64, current: u64) -> DeployError {
+        self.fill_conflict(DeployError::Conflict {
+            app: app.to_string(),
+            expected,
+            current,
+            state: None,
+        })
+    }
+
+    /// Fills the current state into a conflict error (the 409 body needs it).
+    fn fill_conflict(&self, e: DeployError) -> DeployError {
+        match e {
+            DeployError::Conflict {
+                app,
+                expected,
+                current,
+                state: None,
+            } => {
+                let state = self
+                    .app(&app)
+                    .map(|slot| Box::new(self.traffic_state_of(&slot)));
+                let state = state.unwrap_or_else(|| {
+                    Box::new(nubo_core::api::v1::TrafficState {
+                        app: app.clone(),
+                        generation: current,
+                        split: Vec::new(),
+                        rollout: None,
+                    })
+                });
+                DeployError::Conflict {
+                    app,
+                    expected,
+                    current,
+                    state: Some(state),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Prunes revisions beyond the retention of `slot`'s app (caller holds the app's lock).
+    /// Failure is logged, not returned: the change it follows is already committed.
+    async fn prune(&self, slot: &Arc<LiveApp>) {
+        let store = self.store.clone();
+        let app = slot.name.to_string();
+        let keep = self.keep_revisions;
+        let pruned =
+            match tokio::task::spawn_blocking(move || store.prune_revisions(&app, keep)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(app = %slot.name, error = %e, "cannot prune old revisions");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(app = %slot.name, error = %e, "prune task failed");
+                    return;
+                }
+            };
+        if pruned.is_empty() {
+            return;
+        }
+        tracing::info!(app = %slot.name, pruned = ?pruned, "pruned old revisions");
+        let s = slot.state_full();
+        if pruned.iter().any(|n| s.staged.contains_key(n)) {
+            let mut staged = s.staged.clone();
+            staged.retain(|n, _| !pruned.contains(n));
+            slot.set_state(AppState::new(s.generation, s.split.clone(), staged));
+        }
+    }
+
+    /// Unloads staged revisions idle longer than [`STAGED_TTL`] and tells the engine to keep
+    /// only what is loaded (caller holds the app's lock).
+    fn tidy(&self, slot: &LiveApp) {
+        let s = slot.state_full();
+        let expired: Vec<u64> = s
+            .staged
+            .values()
+            .filter(|r| r.idle_secs() > STAGED_TTL.as_secs())
+            .map(|r| r.revision)
+            .collect();
+        let state = if expired.is_empty() {
+            s
+        } else {
+            let mut staged = s.staged.clone();
+            staged.retain(|n, _| !expired.contains(n));
+            slot.set_state(AppState::new(s.generation, s.split.clone(), staged));
+            slot.state_full()
+        };
+        self.engine.retain(&slot.name, &state.loaded_numbers());
+    }
 }
 
-/// Builds a route table from apps (used by deploy, rm and restore).
-pub fn build_routes<'a>(
-    apps: impl Iterator<Item = &'a LiveApp>,
-) -> Result<RouteTable<Arc<RouteTarget>>, nubo_core::RouteError> {
-    live::compile_routes(apps).map(|r| r.table)
+/// Compiles the global route table of `apps`, with `replace` (an app and the revisions it
+/// will serve) standing in for that app's current split.
+pub(crate) fn global_routes(
+    apps: &BTreeMap<String, Arc<LiveApp>>,
+    replace: Option<(&str, &[Arc<LiveRevision>])>,
+) -> Result<Routes, nubo_core::RouteError> {
+    let states: Vec<(Arc<LiveApp>, Arc<AppState>)> =
+        apps.values().map(|a| (a.clone(), a.state_full())).collect();
+    let entries = states.iter().map(|(a, s)| {
+        let manifests: Vec<&Manifest> = match replace {
+            Some((name, revs)) if *a.name == *name => revs.iter().map(|r| &r.manifest).collect(),
+            _ => s.split.iter().map(|(r, _)| &r.manifest).collect(),
+        };
+        (a.clone(), manifests)
+    });
+    live::compile_global(entries)
 }
 
 /// Record and log queries, forwarded to the store so the gateway needs no storage types.

@@ -7,10 +7,12 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use bytes::Bytes;
-use nubo_control::{DeployError, LiveApp, route_infos};
-use nubo_core::api::v1::AppSummary;
+use nubo_control::{DeployError, DeployOptions, LiveApp, route_infos};
+use nubo_core::api::v1::{
+    AppSummary, ConflictBody, ErrorDetail, RollbackRequest, TrafficState, TrafficUpdate,
+};
 use nubo_core::{ErrorCode, limits, rfc3339};
 use serde::Deserialize;
 use std::sync::{Arc, Weak};
@@ -25,17 +27,42 @@ const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(5);
 
 type Gw = Weak<Gateway>;
 
-/// An admin API error: a code from the registry and a message.
-struct ApiError(ErrorCode, String);
+/// An admin API error: a code from the registry and a message, or a conflict with the state
+/// the caller should have expected.
+enum ApiError {
+    Plain(ErrorCode, String),
+    Conflict(String, Box<TrafficState>),
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        error_response(self.0, self.1, None).map(axum::body::Body::new)
+        match self {
+            ApiError::Plain(code, msg) => {
+                error_response(code, msg, None).map(axum::body::Body::new)
+            }
+            ApiError::Conflict(message, current) => {
+                let body = ConflictBody {
+                    error: ErrorDetail {
+                        code: ErrorCode::Conflict.as_str().to_string(),
+                        message,
+                        invocation_id: None,
+                    },
+                    current: *current,
+                };
+                (StatusCode::CONFLICT, axum::Json(body)).into_response()
+            }
+        }
     }
 }
 
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
+        if let DeployError::Conflict {
+            state: Some(state), ..
+        } = &e
+        {
+            return ApiError::Conflict(e.to_string(), state.clone());
+        }
         let code = e.code();
         let msg = if code == ErrorCode::Internal {
             tracing::error!(error = %e, "admin request failed");
@@ -43,13 +70,13 @@ impl From<DeployError> for ApiError {
         } else {
             e.to_string()
         };
-        ApiError(code, msg)
+        ApiError::Plain(code, msg)
     }
 }
 
 fn gw(w: &Gw) -> Result<Arc<Gateway>, ApiError> {
     w.upgrade().ok_or_else(|| {
-        ApiError(
+        ApiError::Plain(
             ErrorCode::ShuttingDown,
             "the server is shutting down".into(),
         )
@@ -65,13 +92,19 @@ pub(crate) fn router(weak: Gw) -> Router {
         .route("/_nubo/api/v1/apps/{app}", get(get_app).delete(remove_app))
         .route("/_nubo/api/v1/apps/{app}/invocations", get(invocations))
         .route("/_nubo/api/v1/apps/{app}/logs", get(logs))
+        .route("/_nubo/api/v1/apps/{app}/revisions", get(revisions))
+        .route(
+            "/_nubo/api/v1/apps/{app}/traffic",
+            get(get_traffic).put(put_traffic),
+        )
+        .route("/_nubo/api/v1/apps/{app}/rollback", post(rollback))
         .route(
             "/_nubo/api/v1/apps/{app}/functions/{function}/invoke",
             any(invoke),
         )
         .route("/_nubo/api/v1/invocations/{id}", get(invocation))
         .fallback(|| async {
-            ApiError(
+            ApiError::Plain(
                 ErrorCode::NotFound,
                 "no such admin endpoint; see /_nubo/api/v1/openapi.json".into(),
             )
@@ -89,7 +122,7 @@ async fn ready(State(w): State<Gw>) -> Response {
         Some(g) if !g.is_draining() => {
             axum::Json(serde_json::json!({ "status": "ready" })).into_response()
         }
-        _ => ApiError(
+        _ => ApiError::Plain(
             ErrorCode::ShuttingDown,
             "the server is shutting down".into(),
         )
@@ -104,19 +137,22 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-fn summary(a: &LiveApp) -> AppSummary {
-    AppSummary {
+/// An app as listed: its highest-weight revision.
+fn summary(a: &LiveApp) -> Option<AppSummary> {
+    let state = a.state();
+    let r = state.primary()?;
+    Some(AppSummary {
         name: a.name.to_string(),
-        revision: a.revision,
-        deployed_at: rfc3339(a.deployed_at),
-        functions: a.manifest.functions.keys().cloned().collect(),
-        routes: route_infos(&a.manifest),
-    }
+        revision: r.revision,
+        deployed_at: rfc3339(r.deployed_at),
+        functions: r.manifest.functions.keys().cloned().collect(),
+        routes: route_infos(&r.manifest),
+    })
 }
 
 async fn list_apps(State(w): State<Gw>) -> Result<impl IntoResponse, ApiError> {
     let g = gw(&w)?;
-    let apps: Vec<AppSummary> = g.control.apps().iter().map(|a| summary(a)).collect();
+    let apps: Vec<AppSummary> = g.control.apps().iter().filter_map(|a| summary(a)).collect();
     Ok(axum::Json(apps))
 }
 
@@ -125,14 +161,116 @@ async fn get_app(
     Path(app): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let g = gw(&w)?;
-    let a = g.control.app(&app).ok_or(DeployError::AppNotFound(app))?;
-    Ok(axum::Json(summary(&a)))
+    let a = g
+        .control
+        .app(&app)
+        .and_then(|a| summary(&a))
+        .ok_or(DeployError::AppNotFound(app))?;
+    Ok(axum::Json(a))
 }
 
-async fn deploy(State(w): State<Gw>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+#[derive(Deserialize)]
+struct DeployQuery {
+    /// Percent the new revision takes (absent = 100).
+    traffic: Option<String>,
+    expected_generation: Option<String>,
+}
+
+async fn deploy(
+    State(w): State<Gw>,
+    Query(q): Query<DeployQuery>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let g = gw(&w)?;
-    let resp = g.control.deploy(&body).await?;
+    let traffic = match q.traffic.as_deref() {
+        None => None,
+        Some(t) => Some(t.parse::<u8>().ok().filter(|p| *p <= 100).ok_or_else(|| {
+            ApiError::Plain(
+                ErrorCode::InvalidTraffic,
+                format!(
+                    "traffic={t:?} is not a percent: use 1 to 99 for a canary, 100 for all or 0 for none"
+                ),
+            )
+        })?),
+    };
+    let expected_generation = parse_generation(q.expected_generation.as_deref())?;
+    let opts = DeployOptions {
+        traffic,
+        expected_generation,
+    };
+    let resp = g.control.deploy_with(&body, opts).await?;
     Ok((StatusCode::CREATED, axum::Json(resp)))
+}
+
+fn parse_generation(g: Option<&str>) -> Result<Option<u64>, ApiError> {
+    g.map(|g| {
+        g.parse::<u64>().map_err(|_| {
+            ApiError::Plain(
+                ErrorCode::BadRequest,
+                format!("expected_generation={g:?} is not a number; use the `generation` of `GET /apps/{{app}}/traffic`"),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// Decodes a JSON body, with an error that names the problem.
+fn json_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::Plain(
+            ErrorCode::BadRequest,
+            format!("the body is not a valid {what}: {e}"),
+        )
+    })
+}
+
+async fn revisions(
+    State(w): State<Gw>,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let g = gw(&w)?;
+    Ok(axum::Json(g.control.revisions(&app).await?))
+}
+
+async fn get_traffic(
+    State(w): State<Gw>,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let g = gw(&w)?;
+    Ok(axum::Json(g.control.traffic(&app)?))
+}
+
+async fn put_traffic(
+    State(w): State<Gw>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let g = gw(&w)?;
+    let update: TrafficUpdate = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::Plain(
+            ErrorCode::BadRequest,
+            format!(
+                "the body is not a valid traffic update: {e}; send {{\"split\":[{{\"revision\":12,\"weight\":90}},{{\"revision\":13,\"weight\":10}}]}}"
+            ),
+        )
+    })?;
+    Ok(axum::Json(g.control.set_traffic(&app, update).await?))
+}
+
+async fn rollback(
+    State(w): State<Gw>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let g = gw(&w)?;
+    let req: RollbackRequest = json_body(&body, "rollback request")?;
+    Ok(axum::Json(g.control.rollback(&app, req).await?))
 }
 
 async fn remove_app(
@@ -172,7 +310,7 @@ async fn invocation(
         Some((record, logs)) => Ok(axum::Json(
             serde_json::json!({ "record": record, "logs": logs }),
         )),
-        None => Err(ApiError(
+        None => Err(ApiError::Plain(
             ErrorCode::InvocationNotFound,
             format!("no invocation {id:?} is recorded"),
         )),
@@ -211,7 +349,7 @@ async fn logs(
     let since = match &q.since {
         Some(s) => {
             let d = nubo_core::parse_duration(s)
-                .map_err(|e| ApiError(ErrorCode::BadRequest, format!("since: {e}")))?;
+                .map_err(|e| ApiError::Plain(ErrorCode::BadRequest, format!("since: {e}")))?;
             SystemTime::now()
                 .checked_sub(d)
                 .unwrap_or(SystemTime::UNIX_EPOCH)
@@ -303,7 +441,33 @@ async fn invoke(
     req: Request,
 ) -> Result<Response, ApiError> {
     let g = gw(&w)?;
-    let (target, live) = g.control.target(&app, &function)?;
+    let (mut parts, body) = req.into_parts();
+    // `nubo-revision: N` runs that retained revision (it need not take traffic).
+    let pin = match parts.headers.remove(crate::data::REVISION_HEADER) {
+        Some(v) => Some(
+            crate::affinity::parse_pin_header(v.as_bytes())
+                .map_err(|m| ApiError::Plain(ErrorCode::BadRequest, m))?,
+        ),
+        None => None,
+    };
+    let (target, live) = match pin {
+        None => g.control.target(&app, &function)?,
+        Some(n) => {
+            let slot = g
+                .control
+                .app(&app)
+                .ok_or_else(|| DeployError::AppNotFound(app.clone()))?;
+            let live = g.control.pinned(&slot, n).await?;
+            let target = live
+                .target(&function)
+                .ok_or_else(|| DeployError::FunctionNotFound {
+                    app: app.clone(),
+                    function: function.clone(),
+                    known: live.manifest.functions.keys().cloned().collect(),
+                })?;
+            (target, live)
+        }
+    };
     let max_body = live
         .manifest
         .functions
@@ -311,19 +475,51 @@ async fn invoke(
         .map_or(limits::DEFAULT_MAX_REQUEST_BODY, |f| f.max_request_body);
     let path = q.path.unwrap_or_else(|| "/".to_string());
     if !path.starts_with('/') {
-        return Err(ApiError(
+        return Err(ApiError::Plain(
             ErrorCode::BadRequest,
             format!("path {path:?} must start with '/'"),
         ));
     }
     let uri: http::Uri = path.parse().map_err(|_| {
-        ApiError(
+        ApiError::Plain(
             ErrorCode::BadRequest,
             format!("path {path:?} is not a valid request path"),
         )
     })?;
-    let (mut parts, body) = req.into_parts();
     parts.uri = uri;
     let resp = g.invoke(&target, max_body, parts, body, "invoke").await;
     Ok(resp.map(axum::body::Body::new))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_documents_the_traffic_endpoints() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let paths = &doc["paths"];
+        for (path, method) in [
+            ("/_nubo/api/v1/apps/{app}/revisions", "get"),
+            ("/_nubo/api/v1/apps/{app}/traffic", "get"),
+            ("/_nubo/api/v1/apps/{app}/traffic", "put"),
+            ("/_nubo/api/v1/apps/{app}/rollback", "post"),
+        ] {
+            assert!(
+                paths[path][method].is_object(),
+                "{method} {path} is documented"
+            );
+        }
+        let deploy = &paths["/_nubo/api/v1/apps"]["post"];
+        assert_eq!(deploy["parameters"][0]["name"], "traffic");
+        assert!(deploy["responses"]["409"].is_object());
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "TrafficState",
+            "TrafficUpdate",
+            "RollbackRequest",
+            "ConflictBody",
+            "RevisionList",
+        ] {
+            assert!(schemas[name].is_object(), "schema {name}");
+        }
+    }
 }

@@ -1,5 +1,7 @@
-//! App traffic: route lookup, request limits, invocation bookkeeping and dispatch.
+//! App traffic: finding the app, choosing its revision (pin, affinity cookie, weighted pick),
+//! route lookup in that revision, request limits, invocation bookkeeping and dispatch.
 
+use crate::affinity;
 use crate::body::{LimitedBody, MeteredBody};
 use crate::rescue::{INVOCATION_ID_HEADER, error_response};
 use crate::server::Gateway;
@@ -8,6 +10,7 @@ use http::{HeaderName, HeaderValue, Request, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use nubo_control::LiveApp;
 use nubo_core::{Body, BoxError, ErrorCode, FunctionTarget, InvocationId};
 use nubo_telemetry::{Invocation, InvocationMeta};
 use std::sync::Arc;
@@ -17,13 +20,118 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const PARAM_HEADER_PREFIX: &str = "nubo-param-";
 /// Header carrying the part of the path matched by a trailing `/...` wildcard.
 pub const PATH_INFO_HEADER: &str = "nubo-path-info";
-/// Header carrying the app revision that served the response.
+/// Header carrying the app revision that served the response; on a request, it pins the
+/// revision that serves it (and is removed before the function sees the request).
 pub const REVISION_HEADER: &str = "nubo-revision";
 
 pub(crate) async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
-    let routes = gw.control.routes();
-    let (target, params, rest) = match routes.table.lookup(req.method().as_str(), req.uri().path())
+    let (mut parts, body) = req.into_parts();
+    // A pin: the path prefix first, else the header (never passed on to the function).
+    let mut pin = None;
+    if let Some(prefixed) = affinity::strip_rev_prefix(parts.uri.path()) {
+        match prefixed {
+            Ok((n, rest)) => {
+                let pq = match parts.uri.query() {
+                    Some(q) => format!("{rest}?{q}"),
+                    None => rest.to_string(),
+                };
+                match http::uri::PathAndQuery::try_from(pq) {
+                    Ok(pq) => {
+                        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                        uri.path_and_query = Some(pq);
+                        parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+                    }
+                    Err(_) => {
+                        return error_response(
+                            ErrorCode::BadRequest,
+                            "the path after the /_rev/N prefix is not a valid request path",
+                            None,
+                        );
+                    }
+                }
+                pin = Some(n);
+            }
+            Err(msg) => return error_response(ErrorCode::BadRequest, msg, None),
+        }
+    }
+    if let Some(v) = parts.headers.remove(REVISION_HEADER)
+        && pin.is_none()
     {
+        match affinity::parse_pin_header(v.as_bytes()) {
+            Ok(n) => pin = Some(n),
+            Err(msg) => return error_response(ErrorCode::BadRequest, msg, None),
+        }
+    }
+
+    let method = parts.method.as_str();
+    let path = parts.uri.path();
+    let found = gw
+        .control
+        .routes()
+        .table
+        .lookup(method, path)
+        .map(|m| m.target.clone());
+    let app = match (found, pin) {
+        (Ok(app), _) => app,
+        // A path only a pinned revision without traffic serves is not in the global table.
+        (Err(path_matched), Some(n)) => match pinned_app(gw, n, method, path) {
+            Some(app) => app,
+            None => return no_route(path_matched, method, path),
+        },
+        (Err(path_matched), None) => return no_route(path_matched, method, path),
+    };
+
+    let mut set_cookie = None;
+    let revision = match pin {
+        Some(n) => {
+            let loaded = app.state().loaded(n).cloned();
+            match loaded {
+                Some(r) => {
+                    r.touch();
+                    r
+                }
+                None => match gw.control.pinned(&app, n).await {
+                    Ok(r) => r,
+                    Err(e) => return error_response(e.code(), e.to_string(), None),
+                },
+            }
+        }
+        None => {
+            let state = app.state();
+            let chosen = if state.is_split() {
+                let cookie = affinity::affinity_value(&parts.headers);
+                let kept = cookie
+                    .and_then(|v| affinity::affinity_for(v, &app.name))
+                    .and_then(|n| state.weighted(n));
+                match kept {
+                    Some(r) => Some(r.clone()),
+                    None => {
+                        let r = state.pick(fastrand::u8(0..100)).cloned();
+                        if let Some(r) = &r {
+                            set_cookie =
+                                Some(affinity::set_affinity_cookie(cookie, &app.name, r.revision));
+                        }
+                        r
+                    }
+                }
+            } else {
+                state.primary().cloned()
+            };
+            match chosen {
+                Some(r) => r,
+                None => {
+                    return error_response(
+                        ErrorCode::FunctionUnavailable,
+                        format!("app {:?} has no revision taking traffic", &*app.name),
+                        None,
+                    );
+                }
+            }
+        }
+    };
+
+    let path = parts.uri.path();
+    let (target, params, rest) = match revision.routes.lookup(parts.method.as_str(), path) {
         Ok(m) => {
             let params: Vec<(String, String)> = m
                 .params
@@ -33,22 +141,12 @@ pub(crate) async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<Body
             (m.target.clone(), params, m.rest.map(str::to_string))
         }
         Err(path_matched) => {
-            let (code, msg) = if path_matched {
-                (
-                    ErrorCode::MethodNotAllowed,
-                    format!("no route accepts {} for {}", req.method(), req.uri().path()),
-                )
-            } else {
-                (
-                    ErrorCode::RouteNotFound,
-                    format!("no route matches {} {}", req.method(), req.uri().path()),
-                )
-            };
-            return error_response(code, msg, None);
+            let mut resp = no_route(path_matched, parts.method.as_str(), path);
+            resp.headers_mut()
+                .insert(REVISION_HEADER, HeaderValue::from(revision.revision));
+            return resp;
         }
     };
-    drop(routes);
-    let (mut parts, body) = req.into_parts();
     // Clients must not be able to forge what the router decided.
     let forged: Vec<HeaderName> = parts
         .headers
@@ -72,8 +170,43 @@ pub(crate) async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<Body
     {
         parts.headers.insert(PATH_INFO_HEADER, v);
     }
-    gw.invoke(&target.target, target.max_request_body, parts, body, "http")
-        .await
+    let mut resp = gw
+        .invoke(&target.target, target.max_request_body, parts, body, "http")
+        .await;
+    revision.stats.record(resp.status().is_server_error());
+    if let Some(c) = set_cookie
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// The 404 or 405 answer when no route matches.
+fn no_route(path_matched: bool, method: &str, path: &str) -> Response<Body> {
+    if path_matched {
+        error_response(
+            ErrorCode::MethodNotAllowed,
+            format!("no route accepts {method} for {path}"),
+            None,
+        )
+    } else {
+        error_response(
+            ErrorCode::RouteNotFound,
+            format!("no route matches {method} {path}"),
+            None,
+        )
+    }
+}
+
+/// The app whose loaded revision `revision` has a route for `path` (only for pinned requests
+/// the global table does not know; scans the loaded apps).
+fn pinned_app(gw: &Gateway, revision: u64, method: &str, path: &str) -> Option<Arc<LiveApp>> {
+    gw.control.apps().into_iter().find(|a| {
+        a.state()
+            .loaded(revision)
+            .is_some_and(|r| r.routes.lookup(method, path).is_ok())
+    })
 }
 
 impl Gateway {

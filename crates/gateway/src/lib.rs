@@ -3,17 +3,21 @@
 //! endpoints under `/_nubo/`, and turns every failure into a JSON error with a stable code.
 //!
 //! Invariants:
-//! - The request path takes no global lock and does no disk IO: the route table is a lock-free
-//!   snapshot, and the invocation record is handed to a bounded channel when the response ends.
+//! - The request path takes no global lock and does no disk IO: the route table and each app's
+//!   traffic split are lock-free snapshots, the weighted pick is one random number, and the
+//!   invocation record is handed to a bounded channel when the response ends. (A pinned request
+//!   for a retained revision that is not loaded loads it first, off the async threads.)
 //! - Every accepted request is answered: the function's response, or a JSON error carrying a
 //!   code from the registry and the invocation id.
 //! - The admin API answers only loopback clients unless an admin key is configured.
 
 mod admin;
+mod affinity;
 mod body;
 mod data;
 mod rescue;
 mod server;
 
+pub use affinity::{AFFINITY_COOKIE, REV_PREFIX};
 pub use rescue::error_response;
 pub use server::{AdminAuth, Gateway, GatewayConfig, ServeError};

@@ -109,6 +109,39 @@ pub enum StoreError {
         /// What is inconsistent.
         reason: String,
     },
+    /// An update named a generation the app is no longer at; nothing was changed.
+    #[error(
+        "app {app:?} is at generation {current}, not {expected}: another change came first; read the current state and retry with its generation"
+    )]
+    Conflict {
+        /// The app.
+        app: String,
+        /// The generation the caller expected.
+        expected: u64,
+        /// The app's generation now.
+        current: u64,
+    },
+    /// A traffic split or instruction is invalid; nothing was changed.
+    #[error("invalid traffic for app {app:?}: {reason}")]
+    InvalidTraffic {
+        /// The app.
+        app: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A revision is not retained (never existed or was pruned).
+    #[error(
+        "app {app:?} has no retained revision {revision}; `nubo revisions {app}` lists the ones that can take traffic"
+    )]
+    RevisionNotFound {
+        /// The app.
+        app: String,
+        /// The revision asked for.
+        revision: u64,
+    },
+    /// The app is not deployed.
+    #[error("app {0:?} is not deployed; deploy it first (`nubo ls` lists the deployed apps)")]
+    AppNotDeployed(String),
     /// A stored row cannot be decoded.
     #[error(
         "stored {what} is damaged: {reason}; deploy the app again, or restore the data directory from a backup"

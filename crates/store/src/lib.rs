@@ -15,8 +15,11 @@
 //! Invariants:
 //! - A revision is immutable and its number is never reused for its app, even after the app is
 //!   removed and deployed again.
-//! - `commit_revision` is one transaction with `synchronous=FULL`: when it returns, the revision
-//!   and the app's new live pointer survive a crash or power loss.
+//! - `commit_revision` is one transaction with `synchronous=FULL`: when it returns, the revision,
+//!   the app's new traffic split and its generation bump survive a crash or power loss. Traffic
+//!   changes are the same: the split, the generation and the history row commit together.
+//! - An app's traffic split always sums to 100 and names only retained revisions; a revision
+//!   with weight > 0 is never pruned.
 //! - Files are written to a temporary name, synced, renamed into place and the directory
 //!   synced, so a reader never sees a partly written blob or artifact.
 //! - A digest or artifact key taken from outside is validated before it becomes part of a path,
@@ -30,6 +33,7 @@ mod records;
 mod revisions;
 mod schema;
 mod time;
+mod traffic;
 mod writer;
 
 pub use blobs::validate_digest;
@@ -37,6 +41,7 @@ pub use error::StoreError;
 pub use records::{MAX_QUERY_ROWS, invocation_record};
 pub use revisions::{FunctionCode, NewRevision, RevisionRecord};
 pub use time::format_rfc3339;
+pub use traffic::{TrafficInstruction, TrafficSplit, canary_split, validate_split};
 pub use writer::{
     BATCH_LINGER, BROADCAST_CAPACITY, CommittedInvocation, MAX_BATCH, MAX_INVOCATION_ROWS,
     MAX_LOG_ROWS, RecordWriter, Retention, WriterCounts,

@@ -1,7 +1,9 @@
-//! Apps and their immutable, numbered revisions: committing a deploy, reading the live set and
-//! history, and removing an app from service.
+//! Apps and their immutable, numbered revisions: committing a deploy (with its traffic
+//! instruction), reading the live set and history, pruning old revisions, and removing an app
+//! from service.
 
 use crate::error::db;
+use crate::traffic::{self, TrafficInstruction, TrafficSplit};
 use crate::{Store, StoreError, time};
 use nubo_core::manifest::Manifest;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -28,6 +30,8 @@ pub struct NewRevision {
     pub manifest: Manifest,
     /// Code for each function of the manifest, exactly one per function.
     pub functions: Vec<FunctionCode>,
+    /// Who deployed it (an API key name); `None` for the local admin.
+    pub deployed_by: Option<String>,
 }
 
 /// A committed, immutable revision of an app.
@@ -43,6 +47,8 @@ pub struct RevisionRecord {
     pub manifest: Manifest,
     /// Code for each function, sorted by name.
     pub functions: Vec<FunctionCode>,
+    /// Who deployed it; `None` for the local admin.
+    pub deployed_by: Option<String>,
 }
 
 impl RevisionRecord {
@@ -57,7 +63,8 @@ impl RevisionRecord {
     }
 }
 
-const SELECT_REVISION: &str = "SELECT app, revision, created_at_ms, manifest FROM revisions";
+const SELECT_REVISION: &str =
+    "SELECT app, revision, created_at_ms, manifest, deployed_by FROM revisions";
 
 impl Store {
     /// The number the next commit of `app` will get (1 for an app never deployed). Only a
@@ -68,10 +75,25 @@ impl Store {
         next_number(&conn, app).map_err(db("reading the latest revision number"))
     }
 
-    /// Commits a new revision of `new.app` and makes it the app's live revision, in one
-    /// transaction that is on disk when this returns. Its number is one more than any revision
-    /// the app ever had.
+    /// Commits a new revision of `new.app` and gives it all traffic, in one transaction that
+    /// is on disk when this returns. Its number is one more than any revision the app ever had.
     pub fn commit_revision(&self, new: NewRevision) -> Result<RevisionRecord, StoreError> {
+        self.commit_revision_with(new, TrafficInstruction::All, None)
+            .map(|(rec, _)| rec)
+    }
+
+    /// Commits a new revision of `new.app` with a traffic instruction: in one transaction the
+    /// revision is stored, the app's split becomes what `traffic` says (see
+    /// [`TrafficInstruction`]) and its generation is bumped. With `expected_generation`, the
+    /// commit happens only if the app is still at that generation ([`StoreError::Conflict`]
+    /// otherwise). The first deploy of an app (or the first after `nubo rm`) must take all
+    /// traffic. Durable when it returns.
+    pub fn commit_revision_with(
+        &self,
+        new: NewRevision,
+        traffic: TrafficInstruction,
+        expected_generation: Option<u64>,
+    ) -> Result<(RevisionRecord, TrafficSplit), StoreError> {
         self.check_new_revision(&new)?;
         let manifest_json =
             serde_json::to_string(&new.manifest).map_err(|e| StoreError::InvalidRevision {
@@ -90,13 +112,24 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db(doing))?;
         let number = next_number(&tx, &new.app).map_err(db(doing))?;
+        let generation = traffic::read_generation(&tx, &new.app)?;
+        traffic::check_generation(&new.app, expected_generation, generation)?;
+        let current = traffic::read_split(&tx, &new.app)?;
+        let split = traffic::apply_instruction(&new.app, &current, number, traffic)?;
         let number_sql = i64::try_from(number).map_err(|_| StoreError::Corrupt {
             what: format!("revision numbers of app {:?}", new.app),
             reason: "the latest number is out of range".into(),
         })?;
         tx.execute(
-            "INSERT INTO revisions (app, revision, created_at_ms, manifest) VALUES (?1, ?2, ?3, ?4)",
-            params![new.app, number_sql, created_at_ms, manifest_json],
+            "INSERT INTO revisions (app, revision, created_at_ms, manifest, deployed_by)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                new.app,
+                number_sql,
+                created_at_ms,
+                manifest_json,
+                new.deployed_by
+            ],
         )
         .map_err(db(doing))?;
         {
@@ -113,22 +146,24 @@ impl Store {
                     .map_err(db(doing))?;
             }
         }
-        tx.execute(
-            "INSERT INTO apps (name, live_revision) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET live_revision = excluded.live_revision",
-            params![new.app, number_sql],
-        )
-        .map_err(db(doing))?;
+        let generation = traffic::write_split(&tx, &new.app, &current, &split)?;
         tx.commit().map_err(db(doing))?;
 
-        Ok(RevisionRecord {
+        let rec = RevisionRecord {
             app: new.app,
             revision: number,
             // What a later read returns: the stored time, in whole milliseconds.
             created_at: time::from_millis(created_at_ms),
             manifest: new.manifest,
             functions,
-        })
+            deployed_by: new.deployed_by,
+        };
+        let split = TrafficSplit {
+            app: rec.app.clone(),
+            generation,
+            split,
+        };
+        Ok((rec, split))
     }
 
     /// Refuses a revision that could not be loaded later: so a bad deploy fails now, with a
@@ -180,13 +215,13 @@ impl Store {
         Ok(())
     }
 
-    /// Every app's live revision, sorted by app name (what a starting server loads).
+    /// Every app's highest-weight revision, sorted by app name.
     pub fn live_revisions(&self) -> Result<Vec<RevisionRecord>, StoreError> {
         let conn = self.reader();
         let doing = "listing the deployed apps";
         let mut stmt = conn
             .prepare_cached(
-                "SELECT r.app, r.revision, r.created_at_ms, r.manifest
+                "SELECT r.app, r.revision, r.created_at_ms, r.manifest, r.deployed_by
                  FROM apps a JOIN revisions r ON r.app = a.name AND r.revision = a.live_revision
                  ORDER BY a.name",
             )
@@ -203,13 +238,13 @@ impl Store {
         self.live_revisions()
     }
 
-    /// The live revision of `app`, or `None` when it is not deployed.
+    /// The highest-weight revision of `app`, or `None` when it is not deployed.
     pub fn app(&self, app: &str) -> Result<Option<RevisionRecord>, StoreError> {
         let conn = self.reader();
         let doing = "reading an app";
         let raw = conn
             .prepare_cached(
-                "SELECT r.app, r.revision, r.created_at_ms, r.manifest
+                "SELECT r.app, r.revision, r.created_at_ms, r.manifest, r.deployed_by
                  FROM apps a JOIN revisions r ON r.app = a.name AND r.revision = a.live_revision
                  WHERE a.name = ?1",
             )
@@ -236,8 +271,8 @@ impl Store {
         raw.map(|raw| finish_revision(&conn, raw)).transpose()
     }
 
-    /// Every revision `app` ever had, oldest first, including those of earlier deployments of
-    /// a removed app (`nubo revisions`).
+    /// Every retained revision of `app`, oldest first, including those of earlier deployments
+    /// of a removed app (`nubo revisions`). Pruned revisions are gone.
     pub fn revisions(&self, app: &str) -> Result<Vec<RevisionRecord>, StoreError> {
         let conn = self.reader();
         let doing = "listing revisions";
@@ -257,11 +292,75 @@ impl Store {
     /// continues the numbering. Returns `false` when the app was not deployed. Durable when it
     /// returns.
     pub fn delete_app(&self, app: &str) -> Result<bool, StoreError> {
-        let conn = self.writer();
-        let removed = conn
+        let doing = "removing an app";
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db(doing))?;
+        tx.execute("DELETE FROM traffic WHERE app = ?1", [app])
+            .map_err(db(doing))?;
+        let removed = tx
             .execute("DELETE FROM apps WHERE name = ?1", [app])
-            .map_err(db("removing an app"))?;
+            .map_err(db(doing))?;
+        if removed > 0 {
+            traffic::bump_generation(&tx, app)?;
+        }
+        tx.commit().map_err(db(doing))?;
         Ok(removed > 0)
+    }
+
+    /// Deletes the revisions of `app` beyond the `keep` newest, except those with traffic, and
+    /// their function rows; returns the numbers pruned, oldest first. Their code blobs and
+    /// compiled artifacts stay on disk (other revisions or apps may share them). `keep` must
+    /// be at least 1, so the newest number survives and numbers are never reused.
+    pub fn prune_revisions(&self, app: &str, keep: usize) -> Result<Vec<u64>, StoreError> {
+        if keep == 0 {
+            return Err(StoreError::InvalidRevision {
+                app: app.to_string(),
+                reason: "cannot keep 0 revisions; keep at least 1 (--keep-revisions)".into(),
+            });
+        }
+        let doing = "pruning revisions";
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db(doing))?;
+        let keep_sql = i64::try_from(keep).unwrap_or(i64::MAX);
+        let doomed: Vec<i64> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT revision FROM revisions r WHERE app = ?1
+                       AND revision NOT IN (SELECT revision FROM revisions WHERE app = ?1
+                                            ORDER BY revision DESC LIMIT ?2)
+                       AND NOT EXISTS (SELECT 1 FROM traffic t
+                                       WHERE t.app = r.app AND t.revision = r.revision)
+                       AND NOT EXISTS (SELECT 1 FROM apps a
+                                       WHERE a.name = r.app AND a.live_revision = r.revision)
+                     ORDER BY revision",
+                )
+                .map_err(db(doing))?;
+            stmt.query_map(params![app, keep_sql], |row| row.get(0))
+                .map_err(db(doing))?
+                .collect::<Result<_, _>>()
+                .map_err(db(doing))?
+        };
+        for r in &doomed {
+            tx.execute(
+                "DELETE FROM revision_functions WHERE app = ?1 AND revision = ?2",
+                params![app, r],
+            )
+            .map_err(db(doing))?;
+            tx.execute(
+                "DELETE FROM revisions WHERE app = ?1 AND revision = ?2",
+                params![app, r],
+            )
+            .map_err(db(doing))?;
+        }
+        tx.commit().map_err(db(doing))?;
+        Ok(doomed
+            .into_iter()
+            .filter_map(|r| u64::try_from(r).ok())
+            .collect())
     }
 }
 
@@ -280,6 +379,7 @@ struct RawRevision {
     revision: i64,
     created_at_ms: i64,
     manifest: String,
+    deployed_by: Option<String>,
 }
 
 fn raw_revision(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRevision> {
@@ -288,6 +388,7 @@ fn raw_revision(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRevision> {
         revision: row.get(1)?,
         created_at_ms: row.get(2)?,
         manifest: row.get(3)?,
+        deployed_by: row.get(4)?,
     })
 }
 
@@ -326,5 +427,6 @@ fn finish_revision(conn: &Connection, raw: RawRevision) -> Result<RevisionRecord
         created_at: time::from_millis(raw.created_at_ms),
         manifest,
         functions,
+        deployed_by: raw.deployed_by,
     })
 }

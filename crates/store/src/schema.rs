@@ -73,8 +73,41 @@ CREATE INDEX logs_by_function ON logs (app, function, cursor);
 CREATE INDEX logs_by_invocation ON logs (invocation_id, cursor);
 ";
 
+/// Version 2: traffic splits. An app's serving revisions and their weights move from
+/// `apps.live_revision` to `traffic` (which V1 databases are migrated into at weight 100);
+/// `apps.live_revision` stays, kept equal to the highest-weight revision. `generations` counts
+/// every change of an app's deployment (it survives `nubo rm`, so an expectation taken before a
+/// removal never matches again); `traffic_history` keeps the split in force before each change,
+/// for rollback; `revisions.deployed_by` names who deployed (NULL for the local admin).
+const V2: &str = "
+ALTER TABLE revisions ADD COLUMN deployed_by TEXT;
+
+CREATE TABLE traffic (
+    app      TEXT    NOT NULL,
+    revision INTEGER NOT NULL,
+    weight   INTEGER NOT NULL CHECK (weight BETWEEN 1 AND 100),
+    PRIMARY KEY (app, revision),
+    FOREIGN KEY (app, revision) REFERENCES revisions (app, revision)
+) WITHOUT ROWID;
+INSERT INTO traffic (app, revision, weight) SELECT name, live_revision, 100 FROM apps;
+
+CREATE TABLE generations (
+    app        TEXT    NOT NULL PRIMARY KEY,
+    generation INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO generations (app, generation) SELECT name, 1 FROM apps;
+
+CREATE TABLE traffic_history (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    app           TEXT    NOT NULL,
+    changed_at_ms INTEGER NOT NULL,
+    before        TEXT    NOT NULL
+);
+CREATE INDEX traffic_history_by_app ON traffic_history (app, seq);
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -108,4 +141,58 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     tx.commit().map_err(err)?;
     tracing::debug!(from = found, to = supported, db = %path.display(), "migrated database schema");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1_database_migrates_with_its_live_revision_taking_all_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nubo.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(V1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO revisions VALUES ('shop', 1, 0, '{}');
+                 INSERT INTO revisions VALUES ('shop', 2, 0, '{}');
+                 INSERT INTO apps VALUES ('shop', 2);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let split: Vec<(String, i64, i64)> = conn
+            .prepare("SELECT app, revision, weight FROM traffic")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(split, vec![("shop".to_string(), 2, 100)]);
+        let generation: i64 = conn
+            .query_row(
+                "SELECT generation FROM generations WHERE app = 'shop'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(generation, 1);
+        let by: Option<String> = conn
+            .query_row(
+                "SELECT deployed_by FROM revisions WHERE revision = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(by, None);
+        // Migrating again is a no-op.
+        migrate(&mut conn, &path).unwrap();
+    }
 }

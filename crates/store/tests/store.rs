@@ -38,6 +38,7 @@ fn new_revision(store: &Store, app: &str, functions: &[&str]) -> NewRevision {
         app: app.into(),
         manifest: manifest(app, functions),
         functions: functions_code,
+        deployed_by: None,
     }
 }
 
@@ -131,7 +132,7 @@ fn open_creates_a_private_data_dir_with_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
 }
 
 #[test]
@@ -800,4 +801,199 @@ fn temp_files_left_by_a_crash_are_swept_at_open() {
     let store = Store::open(tmp.path()).unwrap();
     assert_eq!(files_in(&dir), [HELLO_SHA256]);
     assert_eq!(store.get_blob(&digest).unwrap(), b"hello");
+}
+
+// ---- traffic splits, generations, rollback and pruning ----
+
+use nubo_core::api::v1::WeightedRevision;
+use nubo_store::TrafficInstruction;
+
+fn wr(revision: u64, weight: u8) -> WeightedRevision {
+    WeightedRevision { revision, weight }
+}
+
+fn commit_with(store: &Store, app: &str, t: TrafficInstruction) -> Result<u64, StoreError> {
+    store
+        .commit_revision_with(new_revision(store, app, &["api"]), t, None)
+        .map(|(r, _)| r.revision)
+}
+
+#[test]
+fn deploy_instructions_shape_the_split_and_bump_the_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // A first deploy must take everything.
+    let err = commit_with(&store, "shop", TrafficInstruction::Canary(10)).unwrap_err();
+    assert!(matches!(err, StoreError::InvalidTraffic { .. }), "{err}");
+    assert!(err.to_string().contains("first deploy"), "{err}");
+    assert_eq!(
+        store.revisions("shop").unwrap().len(),
+        0,
+        "nothing committed"
+    );
+
+    assert_eq!(
+        commit_with(&store, "shop", TrafficInstruction::All).unwrap(),
+        1
+    );
+    let t = store.traffic("shop").unwrap().unwrap();
+    assert_eq!((t.generation, t.split.clone()), (1, vec![wr(1, 100)]));
+
+    let (_, t) = store
+        .commit_revision_with(
+            new_revision(&store, "shop", &["api"]),
+            TrafficInstruction::Canary(10),
+            Some(1),
+        )
+        .unwrap();
+    assert_eq!((t.generation, t.split), (2, vec![wr(1, 90), wr(2, 10)]));
+
+    let (_, t) = store
+        .commit_revision_with(
+            new_revision(&store, "shop", &["api"]),
+            TrafficInstruction::None,
+            None,
+        )
+        .unwrap();
+    assert_eq!((t.generation, t.split), (3, vec![wr(1, 90), wr(2, 10)]));
+    assert_eq!(
+        store.app("shop").unwrap().unwrap().revision,
+        1,
+        "live = top weight"
+    );
+
+    // A stale expectation changes nothing.
+    let err = store
+        .commit_revision_with(
+            new_revision(&store, "shop", &["api"]),
+            TrafficInstruction::All,
+            Some(2),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 2,
+                current: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.revisions("shop").unwrap().len(), 3);
+    assert_eq!(store.generation("shop").unwrap(), 3);
+}
+
+#[test]
+fn set_traffic_checks_and_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for _ in 0..3 {
+            commit_with(&store, "shop", TrafficInstruction::All).unwrap();
+        }
+        let bad = store
+            .set_traffic("shop", &[wr(1, 50), wr(2, 40)], None)
+            .unwrap_err();
+        assert!(bad.to_string().contains("sum to 90"), "{bad}");
+        let missing = store.set_traffic("shop", &[wr(9, 100)], None).unwrap_err();
+        assert!(
+            matches!(missing, StoreError::RevisionNotFound { revision: 9, .. }),
+            "{missing}"
+        );
+        let absent = store.set_traffic("nope", &[wr(1, 100)], None).unwrap_err();
+        assert!(matches!(absent, StoreError::AppNotDeployed(_)), "{absent}");
+        let stale = store
+            .set_traffic("shop", &[wr(1, 100)], Some(1))
+            .unwrap_err();
+        assert!(
+            matches!(stale, StoreError::Conflict { current: 3, .. }),
+            "{stale}"
+        );
+
+        let t = store
+            .set_traffic("shop", &[wr(2, 30), wr(3, 70)], Some(3))
+            .unwrap();
+        assert_eq!((t.generation, t.split), (4, vec![wr(3, 70), wr(2, 30)]));
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let t = store.traffic("shop").unwrap().unwrap();
+    assert_eq!((t.generation, t.split), (4, vec![wr(3, 70), wr(2, 30)]));
+    assert_eq!(store.all_traffic().unwrap().len(), 1);
+}
+
+#[test]
+fn rollback_target_is_the_top_revision_before_the_last_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.rollback_target("shop").unwrap(), None);
+    commit_with(&store, "shop", TrafficInstruction::All).unwrap();
+    assert_eq!(
+        store.rollback_target("shop").unwrap(),
+        None,
+        "nothing before"
+    );
+    commit_with(&store, "shop", TrafficInstruction::All).unwrap();
+    assert_eq!(store.rollback_target("shop").unwrap(), Some(1));
+    store.set_traffic("shop", &[wr(1, 100)], None).unwrap();
+    // Rolling back again undoes the rollback.
+    assert_eq!(store.rollback_target("shop").unwrap(), Some(2));
+    // A no-traffic deploy is not a traffic change.
+    commit_with(&store, "shop", TrafficInstruction::None).unwrap();
+    assert_eq!(store.rollback_target("shop").unwrap(), Some(2));
+    // After a canary the target is the revision that had the most before it.
+    commit_with(&store, "shop", TrafficInstruction::Canary(20)).unwrap();
+    assert_eq!(
+        store.traffic("shop").unwrap().unwrap().split,
+        vec![wr(1, 80), wr(4, 20)]
+    );
+    assert_eq!(store.rollback_target("shop").unwrap(), Some(1));
+}
+
+#[test]
+fn removal_resets_traffic_and_bumps_the_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    commit_with(&store, "shop", TrafficInstruction::All).unwrap();
+    assert!(store.delete_app("shop").unwrap());
+    assert_eq!(store.traffic("shop").unwrap(), None);
+    assert_eq!(store.generation("shop").unwrap(), 2);
+    let err = commit_with(&store, "shop", TrafficInstruction::None).unwrap_err();
+    assert!(matches!(err, StoreError::InvalidTraffic { .. }), "{err}");
+    assert_eq!(
+        commit_with(&store, "shop", TrafficInstruction::All).unwrap(),
+        2
+    );
+    assert_eq!(store.generation("shop").unwrap(), 3);
+}
+
+#[test]
+fn pruning_keeps_the_newest_and_every_weighted_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for _ in 0..6 {
+        commit_with(&store, "shop", TrafficInstruction::All).unwrap();
+    }
+    store
+        .set_traffic("shop", &[wr(1, 50), wr(6, 50)], None)
+        .unwrap();
+    assert!(store.prune_revisions("shop", 0).is_err());
+    assert_eq!(store.prune_revisions("shop", 2).unwrap(), vec![2, 3, 4]);
+    let kept: Vec<u64> = store
+        .revisions("shop")
+        .unwrap()
+        .iter()
+        .map(|r| r.revision)
+        .collect();
+    assert_eq!(kept, vec![1, 5, 6]);
+    assert!(store.revision("shop", 3).unwrap().is_none());
+    let err = store.set_traffic("shop", &[wr(3, 100)], None).unwrap_err();
+    assert!(matches!(err, StoreError::RevisionNotFound { .. }), "{err}");
+    // Numbers are never reused after pruning.
+    assert_eq!(
+        commit_with(&store, "shop", TrafficInstruction::All).unwrap(),
+        7
+    );
+    assert_eq!(store.prune_revisions("shop", 2).unwrap(), vec![1, 5]);
 }

@@ -117,6 +117,41 @@ pub enum Command {
         #[arg(long, value_name = "GENERATION")]
         expect: Option<u64>,
     },
+    /// Shift an app's traffic to a revision in timed steps, rolling back by itself when the
+    /// new revision fails more than the old one: `nubo rollout shop --to 13 --steps 10,50,100
+    /// --interval 5m`. Without --to, shows the running or last rollout.
+    Rollout {
+        /// App name.
+        app: String,
+        /// The revision to roll out (`nubo revisions APP` lists them).
+        #[arg(long, value_name = "REVISION", conflicts_with = "abort")]
+        to: Option<u64>,
+        /// Its share at each step, in percent, increasing and ending at 100 [default: 10,50,100].
+        #[arg(long, value_name = "PERCENTS", requires = "to")]
+        steps: Option<String>,
+        /// How long each step lasts, from 1s to 7d [default: 5m].
+        #[arg(long, value_name = "DURATION", requires = "to", value_parser = parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// Roll back when the new revision's error rate in a step exceeds this many times the
+        /// old revision's [default: 2] …
+        #[arg(long, value_name = "RATIO", requires = "to")]
+        error_ratio: Option<f64>,
+        /// … and this percent [default: 5].
+        #[arg(long, value_name = "PERCENT", requires = "to")]
+        min_error_rate: Option<f64>,
+        /// Start only if the app is still at this generation (printed by `nubo traffic APP`).
+        #[arg(long, value_name = "GENERATION", requires = "to")]
+        expect: Option<u64>,
+        /// Stop the running rollout and move all traffic back to the revision it started from.
+        #[arg(long)]
+        abort: bool,
+        /// Follow the rollout until it ends; exit with status 1 unless it completes.
+        #[arg(long, conflicts_with = "abort")]
+        wait: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List deployed apps.
     Ls,
     /// Remove an app (it stops serving at once).

@@ -4,6 +4,7 @@ mod apps;
 mod deploy;
 mod invoke;
 mod logs;
+mod rollout;
 mod server;
 mod traffic;
 mod up;
@@ -44,6 +45,32 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Rollback { app, to, expect } => traffic::rollback(&app, to, expect).await,
+        Command::Rollout {
+            app,
+            to,
+            steps,
+            interval,
+            error_ratio,
+            min_error_rate,
+            expect,
+            abort,
+            wait,
+            json,
+        } => match to {
+            Some(to) => {
+                let plan = rollout::Plan {
+                    to,
+                    steps: steps.as_deref().unwrap_or(rollout::DEFAULT_STEPS),
+                    interval: interval.unwrap_or(rollout::DEFAULT_INTERVAL),
+                    error_ratio,
+                    min_error_rate,
+                    expect,
+                };
+                rollout::start(&app, plan, wait, json).await
+            }
+            None if abort => rollout::abort(&app, json).await,
+            None => rollout::show(&app, wait, json).await,
+        },
         Command::Ls => apps::ls().await,
         Command::Rm { app } => apps::rm(&app).await,
         Command::Invoke {

@@ -93,6 +93,8 @@ impl Server {
             config.keep_revisions,
         ));
         let report = control.restore().await;
+        // Timed rollouts move on their own; the task ends with the control plane.
+        control.spawn_rollout_driver();
         tracing::info!(
             apps = report.apps,
             functions = report.functions,

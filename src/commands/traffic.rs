@@ -138,7 +138,7 @@ fn traffic_path(app: &str) -> String {
 }
 
 /// Sends a JSON body and decodes the app's traffic state from the answer, explaining a 409.
-async fn send_for_state(
+pub(crate) async fn send_for_state(
     client: &Client,
     method: Method,
     path: &str,

@@ -755,3 +755,188 @@ fn changing_the_split_under_load_fails_no_request() {
     assert_share(&all, 2, 70.0, 2.0);
     assert_share(&all, 1, 30.0, 2.0);
 }
+
+fn rollout(s: &Server, app: &str) -> serde_json::Value {
+    s.api(&format!("/_nubo/api/v1/apps/{app}/rollout"))
+}
+
+#[test]
+fn a_rollout_of_a_failing_revision_rolls_back_by_itself() {
+    let s = Server::start();
+    let good = guest_app("roll", "api", &guest("echo"), "", &["/roll/..."]);
+    let bad = guest_app("roll", "api", &guest("trap"), "", &["/roll/..."]);
+    assert!(s.deploy(good.path()).contains("deployed roll revision 1"));
+    assert!(deploy(&s, &bad, &["--no-traffic"]).status.success());
+
+    // Steps of an hour: only the error rate can end this rollout within the test.
+    let out = s.ok(&[
+        "rollout",
+        "roll",
+        "--to",
+        "2",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "1h",
+    ]);
+    assert!(
+        out.contains("rolling out revision 2 of roll from revision 1"),
+        "{out}"
+    );
+    assert_eq!(split(&traffic(&s, "roll")), vec![(1, 90), (2, 10)]);
+    let r = rollout(&s, "roll");
+    assert_eq!(r["state"], "running");
+    assert_eq!(r["step"], 0);
+
+    // About 10% of requests reach the trapping revision; it trips the threshold once it has
+    // answered 20 of them, well before 2,000 requests.
+    let mut conn = Conn::new(s.addr);
+    let mut failed = 0;
+    let mut rolled_back = false;
+    for i in 0..2_000 {
+        let resp = conn.request("GET", "/roll/x", &[], b"").expect("request");
+        if resp.status == 500 {
+            failed += 1;
+        } else {
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+        if i % 50 == 49 && rollout(&s, "roll")["state"] == "rolled_back" {
+            rolled_back = true;
+            break;
+        }
+    }
+    assert!(
+        rolled_back,
+        "still {} after 2,000 requests",
+        rollout(&s, "roll")
+    );
+    assert!(failed >= 20, "{failed} requests failed");
+    let r = rollout(&s, "roll");
+    let why = r["reason"].as_str().unwrap();
+    assert!(why.contains("revision 2 failed"), "{why}");
+    assert!(r["ended_at"].is_string());
+    assert_eq!(split(&traffic(&s, "roll")), vec![(1, 100)]);
+    // From now on every request is answered by the good revision.
+    for _ in 0..200 {
+        let resp = conn.request("GET", "/roll/x", &[], b"").expect("request");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("nubo-revision"), Some("1"));
+    }
+    // The CLI tells how it ended, and `--wait` on an ended rollout exits non-zero.
+    let out = s.ok(&["rollout", "roll"]);
+    assert!(out.contains("rolled back at 10%"), "{out}");
+    let out = s.nubo(&["rollout", "roll", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = s.ok(&["traffic", "roll"]);
+    assert!(out.contains("rollout 1 -> 2: rolled_back"), "{out}");
+    assert!(s.stderr().contains("rollout rolled back"), "{}", s.stderr());
+}
+
+#[test]
+fn a_rollout_resumes_after_a_restart_and_completes() {
+    let s = Server::start();
+    deploy_rev(&s, "shop", 1, &[]);
+    deploy_rev(&s, "shop", 2, &["--no-traffic"]);
+    s.ok(&[
+        "rollout",
+        "shop",
+        "--to",
+        "2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "2s",
+    ]);
+    assert_eq!(split(&traffic(&s, "shop")), vec![(2, 50), (1, 50)]);
+    let dir = s.kill9();
+
+    let s = Server::start_in(&dir, &[]);
+    let r = rollout(&s, "shop");
+    assert_eq!(
+        (r["state"].as_str(), r["step"].as_u64()),
+        (Some("running"), Some(0))
+    );
+    assert_eq!(split(&traffic(&s, "shop")), vec![(2, 50), (1, 50)]);
+    assert!(s.stderr().contains("rollout resumed"), "{}", s.stderr());
+    // `--wait` follows it to the end and exits 0 when it completes.
+    let mut child = std::process::Command::new(nubo_bin())
+        .args(["rollout", "shop", "--wait"])
+        .env("NUBO_URL", s.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    let r = rollout(&s, "shop");
+    assert_eq!(r["state"], "completed");
+    assert_eq!(split(&traffic(&s, "shop")), vec![(2, 100)]);
+    let counts = count(s.addr, "/shop/x", 100);
+    assert_eq!(counts.get(&2), Some(&100), "{counts:?}");
+    // The log shows no compile: the revisions came from the compiled-artifact cache.
+    assert!(!s.stderr().contains("compiled again"), "{}", s.stderr());
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
+#[test]
+fn rollout_requests_are_checked_and_a_change_by_hand_aborts_one() {
+    let s = Server::start();
+    deploy_rev(&s, "shop", 1, &[]);
+    deploy_rev(&s, "shop", 2, &["--no-traffic"]);
+    let url = "/_nubo/api/v1/apps/shop/rollout";
+    let post = |body: serde_json::Value| {
+        http(
+            s.addr,
+            "POST",
+            url,
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    };
+    http(s.addr, "GET", url, &[], b"").assert_error(404, "rollout_not_found");
+    let e = post(serde_json::json!({"to": 2, "steps": [50, 10, 100], "interval_ms": 60000}))
+        .assert_error(400, "invalid_traffic");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("increasing order"),
+        "{e}"
+    );
+    post(serde_json::json!({"to": 2, "steps": [10, 50], "interval_ms": 60000}))
+        .assert_error(400, "invalid_traffic");
+    post(serde_json::json!({"to": 9, "steps": [10, 100], "interval_ms": 60000}))
+        .assert_error(404, "revision_not_found");
+    post(serde_json::json!({"to": 2, "steps": [10, 100], "interval_ms": 60000, "expected_generation": 1}))
+        .assert_error(409, "conflict");
+    let out = s.nubo(&["rollout", "shop", "--to", "2", "--steps", "10,fifty"]);
+    assert!(
+        stderr_of(&out).contains("--steps 10,50,100"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let started = post(serde_json::json!({"to": 2, "steps": [20, 100], "interval_ms": 3600000}));
+    assert_eq!(started.status, 201, "{}", started.text());
+    assert_eq!(split(&started.json()), vec![(1, 80), (2, 20)]);
+    post(serde_json::json!({"to": 2, "steps": [50, 100], "interval_ms": 60000}))
+        .assert_error(409, "rollout_in_progress");
+    // Setting the split by hand ends the rollout and keeps the new split.
+    s.ok(&["traffic", "shop", "1=60", "2=40"]);
+    let r = rollout(&s, "shop");
+    assert_eq!(r["state"], "aborted");
+    assert_eq!(split(&traffic(&s, "shop")), vec![(1, 60), (2, 40)]);
+    let out = s.nubo(&["rollout", "shop", "--abort"]);
+    assert!(
+        stderr_of(&out).contains("rollout_not_found"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // `--abort` moves all traffic back to where the rollout started.
+    s.ok(&["rollout", "shop", "--to", "2", "--interval", "1h"]);
+    assert_eq!(split(&traffic(&s, "shop")), vec![(1, 90), (2, 10)]);
+    let out = s.ok(&["rollout", "shop", "--abort"]);
+    assert!(out.contains("aborted; traffic now 1=100%"), "{out}");
+    assert_eq!(rollout(&s, "shop")["state"], "aborted");
+}

@@ -95,6 +95,26 @@ pub enum DeployError {
         /// The app's traffic state now (the body of the 409 answer).
         state: Option<Box<TrafficState>>,
     },
+    /// A rollout of the app runs, so another cannot start.
+    #[error(
+        "app {app:?} is rolling out revision {to} (now at {percent}%); wait for it to end, or stop it with `nubo rollout {app} --abort`"
+    )]
+    RolloutInProgress {
+        /// App.
+        app: String,
+        /// The revision being rolled out.
+        to: u64,
+        /// Its share now.
+        percent: u8,
+    },
+    /// The app has no rollout running (or none at all).
+    #[error("{message}")]
+    RolloutNotFound {
+        /// App.
+        app: String,
+        /// What there is instead and what to do.
+        message: String,
+    },
     /// The store failed.
     #[error("storage error: {0}")]
     Store(StoreError),
@@ -117,6 +137,8 @@ impl DeployError {
             DeployError::RevisionNotFound { .. } => ErrorCode::RevisionNotFound,
             DeployError::InvalidTraffic { .. } => ErrorCode::InvalidTraffic,
             DeployError::Conflict { .. } => ErrorCode::Conflict,
+            DeployError::RolloutInProgress { .. } => ErrorCode::RolloutInProgress,
+            DeployError::RolloutNotFound { .. } => ErrorCode::RolloutNotFound,
             DeployError::Store(_) | DeployError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -142,6 +164,15 @@ impl From<StoreError> for DeployError {
                 DeployError::RevisionNotFound { app, revision }
             }
             StoreError::AppNotDeployed(app) => DeployError::AppNotFound(app),
+            StoreError::RolloutRunning { app, to, percent } => {
+                DeployError::RolloutInProgress { app, to, percent }
+            }
+            StoreError::RolloutNotRunning(app) => DeployError::RolloutNotFound {
+                message: format!(
+                    "app {app:?} has no running rollout; `nubo rollout {app}` shows the last one"
+                ),
+                app,
+            },
             other => DeployError::Store(other),
         }
     }
@@ -348,6 +379,8 @@ impl Control {
             return Err(self.fill_conflict(e));
         }
         tracing::info!(app = %app, revision, traffic = percent, "deployed");
+        // A deploy that took traffic ends a running rollout (in the same transaction).
+        self.reload_rollout(&app).await;
         self.prune(&slot).await;
         self.tidy(&slot);
         Ok(DeployResponse {
@@ -379,6 +412,7 @@ impl Control {
         self.apps.store(Arc::new(apps));
         self.routes.store(Arc::new(routes));
         self.engine.retain(app, &[]);
+        self.reload_rollout(app).await;
         tracing::info!(app, revision = primary, "removed");
         Ok(primary)
     }

@@ -11,11 +11,15 @@
 //!   commit-and-swap step is serialized across apps, because the route table is shared.
 //! - A revision that loses its traffic stays loaded for [`STAGED_TTL`] after its last use, so
 //!   a request that chose it just before a change still finds its code.
+//! - A rollout's step and the split it puts in force commit together; anything else that changes
+//!   the split (a traffic change, a rollback, a deploy taking traffic, removal) ends a running
+//!   rollout in the same transaction. Rollout moves go through the same per-app lock.
 //! - This crate knows nothing of wasmtime: it talks to code through [`nubo_core::engine::Engine`].
 
 mod bundle;
 mod deploy;
 mod live;
+mod rollout;
 mod stats;
 mod traffic;
 
@@ -24,6 +28,9 @@ pub use bundle::{
 };
 pub use deploy::{DeployError, DeployOptions, route_infos};
 pub use live::{AppState, LiveApp, LiveRevision, RouteTarget, Routes};
+pub use rollout::{
+    DEFAULT_ERROR_RATIO, DEFAULT_MIN_ERROR_RATE, EARLY_TRIP_REQUESTS, MAX_INTERVAL, MIN_INTERVAL,
+};
 pub use stats::{BUCKET_SECS, BUCKETS, RequestWindow};
 pub use traffic::STAGED_TTL;
 
@@ -50,6 +57,8 @@ pub struct Control {
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     commit_lock: tokio::sync::Mutex<()>,
     keep_revisions: usize,
+    /// Each app's running rollout, or the last one that ended (see [`rollout`]).
+    rollouts: Mutex<HashMap<String, rollout::Run>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -98,6 +107,7 @@ impl Control {
             app_locks: Mutex::new(HashMap::new()),
             commit_lock: tokio::sync::Mutex::new(()),
             keep_revisions: keep_revisions.max(1),
+            rollouts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -196,6 +206,7 @@ impl Control {
                 tracing::error!(error = %e, "stored apps have conflicting routes; serving none");
             }
         }
+        self.resume_rollouts().await;
         report.elapsed = start.elapsed();
         report
     }

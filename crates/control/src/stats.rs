@@ -27,6 +27,10 @@ struct Bucket {
 pub struct RequestWindow {
     start: Instant,
     buckets: [Bucket; BUCKETS],
+    /// Requests and errors since the window was made; a rollout step's figures are the
+    /// difference between two readings.
+    requests: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl Default for RequestWindow {
@@ -41,6 +45,8 @@ impl RequestWindow {
         RequestWindow {
             start: Instant::now(),
             buckets: Default::default(),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
         }
     }
 
@@ -53,7 +59,19 @@ impl RequestWindow {
         self.record_at(self.slot_now(), error);
     }
 
+    /// `(requests, errors)` since the window was made.
+    pub fn cumulative(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+
     fn record_at(&self, slot: u64, error: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
         let b = &self.buckets[(slot % BUCKETS as u64) as usize];
         let seen = b.slot.load(Ordering::Acquire);
         if seen != slot
@@ -119,5 +137,6 @@ mod tests {
         w.record(false);
         w.record(true);
         assert_eq!(w.totals(), (2, 1));
+        assert_eq!(w.cumulative(), (2, 1));
     }
 }

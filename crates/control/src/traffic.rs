@@ -9,7 +9,7 @@ use nubo_core::api::v1::{
     TrafficUpdate, WeightedRevision,
 };
 use nubo_core::rfc3339;
-use nubo_store::{RevisionRecord, validate_split};
+use nubo_store::{RevisionRecord, Store, StoreError, TrafficSplit, validate_split};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,9 @@ pub const STAGED_TTL: Duration = Duration::from_secs(10 * 60);
 impl Control {
     /// The traffic state of a live app, with each weighted revision's figures.
     pub(crate) fn traffic_state_of(&self, slot: &LiveApp) -> TrafficState {
-        state_to_wire(&slot.name, &slot.state())
+        let mut state = state_to_wire(&slot.name, &slot.state());
+        state.rollout = self.rollout_status(&slot.name);
+        state
     }
 
     /// `GET /apps/{app}/traffic`: the app's split, highest weight first, with each revision's
@@ -105,6 +107,37 @@ impl Control {
             app: app.to_string(),
             reason,
         })?;
+        let (slot, _) = self
+            .switch_traffic(app, expected, |_| {
+                let wire = split.clone();
+                let name = app.to_string();
+                Ok((split.clone(), move |store: &Store| {
+                    store.set_traffic(&name, &wire, expected).map(|t| (t, ()))
+                }))
+            })
+            .await?;
+        tracing::info!(app, split = %split_text(&split), "{what}");
+        // A change by hand ends a running rollout (in the same transaction).
+        self.reload_rollout(app).await;
+        Ok(self.traffic_state_of(&slot))
+    }
+
+    /// The one way an app's split changes after its first deploy (caller must not hold the
+    /// app's lock). Under the app's lock: checks `expected`, asks `plan` for the new split and
+    /// the durable commit that makes it, loads revisions of the split that are not loaded
+    /// (from the compiled-artifact cache), commits, and swaps the live state. On failure
+    /// nothing serving changes and what was loaded for it is unloaded again.
+    pub(crate) async fn switch_traffic<P, C, T>(
+        &self,
+        app: &str,
+        expected: Option<u64>,
+        plan: P,
+    ) -> Result<(Arc<LiveApp>, T), DeployError>
+    where
+        P: FnOnce(&AppState) -> Result<(Vec<WeightedRevision>, C), DeployError>,
+        C: FnOnce(&Store) -> Result<(TrafficSplit, T), StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
         let lock = self.app_lock(app);
         let _serial = lock.lock().await;
         let slot = self
@@ -116,6 +149,7 @@ impl Control {
         {
             return Err(self.conflict(app, e, current.generation));
         }
+        let (split, commit) = plan(&current)?;
         let mut available: Vec<Arc<LiveRevision>> = current
             .split
             .iter()
@@ -145,32 +179,27 @@ impl Control {
             weighted.push((r, w.weight));
         }
         let store = self.store.clone();
-        let name = app.to_string();
-        let wire = split.clone();
         let result = self
             .commit_and_publish(
                 &slot,
                 &weighted,
-                move || store.set_traffic(&name, &wire, expected),
-                |t: &nubo_store::TrafficSplit| {
+                move || commit(&store),
+                |(t, _): &(TrafficSplit, T)| {
                     next_state(Some(&current), t.generation, &t.split, &available)
                 },
             )
             .await;
-        if let Err(e) = result {
-            if loaded_now {
-                self.engine.retain(app, &current.loaded_numbers());
+        let (_, out) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if loaded_now {
+                    self.engine.retain(app, &current.loaded_numbers());
+                }
+                return Err(self.fill_conflict(e));
             }
-            return Err(self.fill_conflict(e));
-        }
-        let split_text = split
-            .iter()
-            .map(|w| format!("{}={}", w.revision, w.weight))
-            .collect::<Vec<_>>()
-            .join(" ");
-        tracing::info!(app, split = %split_text, "{what}");
+        };
         self.tidy(&slot);
-        Ok(self.traffic_state_of(&slot))
+        Ok((slot, out))
     }
 
     /// Reads a retained revision from the store and loads it.
@@ -303,6 +332,15 @@ fn state_to_wire(app: &str, s: &AppState) -> TrafficState {
             .collect(),
         rollout: None,
     }
+}
+
+/// A split as `12=90 13=10`.
+pub(crate) fn split_text(split: &[WeightedRevision]) -> String {
+    split
+        .iter()
+        .map(|w| format!("{}={}", w.revision, w.weight))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One line: what `rec` changed against `prev` (the retained revision before it).

@@ -1,8 +1,8 @@
 //! Control-plane traffic tests against a counting engine: deploy instructions, traffic changes,
-//! rollback without compiling, conflicts, failed deploys and restore.
+//! rollback without compiling, conflicts, failed deploys, restore, and timed rollouts.
 
-use nubo_control::{BundleWriter, Control, DeployError, DeployOptions};
-use nubo_core::api::v1::{RollbackRequest, TrafficUpdate, WeightedRevision};
+use nubo_control::{BundleWriter, Control, DeployError, DeployOptions, EARLY_TRIP_REQUESTS};
+use nubo_core::api::v1::{RollbackRequest, RolloutRequest, TrafficUpdate, WeightedRevision};
 use nubo_core::engine::{CodeError, Engine, LoadFunction};
 use nubo_core::{ErrorCode, FunctionTarget};
 use nubo_store::Store;
@@ -233,4 +233,170 @@ async fn a_traffic_change_that_would_clash_with_another_app_changes_nothing() {
     assert_eq!(c.traffic("shop").unwrap().generation, 2);
     let routes = c.routes();
     assert!(routes.table.lookup("GET", "/blog/x").is_ok());
+}
+
+fn rollout_to(to: u64, steps: &[u8], interval_ms: u64) -> RolloutRequest {
+    RolloutRequest {
+        to,
+        steps: steps.to_vec(),
+        interval_ms,
+        error_ratio: None,
+        min_error_rate: None,
+        expected_generation: None,
+    }
+}
+
+/// Counts `requests` answers of `revision` of the shop, `errors` of them failed, as the
+/// gateway does for every request.
+fn answer(c: &Control, revision: u64, requests: u64, errors: u64) {
+    let slot = c.app("shop").unwrap();
+    let state = slot.state_full();
+    let r = state.loaded(revision).expect("revision is loaded");
+    for i in 0..requests {
+        r.stats.record(i < errors);
+    }
+}
+
+/// Drives the app's rollout until it leaves `step` (or `limit` passes).
+async fn drive_past(c: &Control, step: usize, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        c.drive_rollouts().await;
+        let r = c.rollout("shop").unwrap();
+        if r.step != step || r.state != "running" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the rollout stayed at step {step} for {limit:?}");
+}
+
+#[tokio::test]
+async fn a_rollout_steps_to_completion_across_a_restart_without_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let engine = Arc::new(CountingEngine::default());
+    let c = Control::with_retention(store.clone(), engine.clone(), 100);
+    deploy(&c, "v1", None).await.unwrap();
+    deploy(&c, "v2", Some(0)).await.unwrap();
+    let compiles = engine.compiles();
+
+    let state = c
+        .start_rollout("shop", rollout_to(2, &[10, 50, 100], 1_000))
+        .await
+        .unwrap();
+    let r = state.rollout.expect("the state carries the rollout");
+    assert_eq!(
+        (r.to, r.from, r.step, r.state.as_str()),
+        (2, 1, 0, "running")
+    );
+    assert_eq!(weights(&c, "shop"), vec![(1, 90), (2, 10)]);
+    // A second rollout waits for this one.
+    let err = c
+        .start_rollout("shop", rollout_to(2, &[50, 100], 1_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RolloutInProgress, "{err}");
+
+    answer(&c, 2, 30, 1);
+    answer(&c, 1, 200, 0);
+    drive_past(&c, 0, std::time::Duration::from_secs(10)).await;
+    assert_eq!(weights(&c, "shop"), vec![(2, 50), (1, 50)]);
+
+    // A new server on the same data picks the rollout up at its step.
+    drop(c);
+    let engine2 = Arc::new(CountingEngine::default());
+    let c2 = Control::with_retention(store.clone(), engine2.clone(), 100);
+    c2.restore().await;
+    let r = c2.rollout("shop").unwrap();
+    assert_eq!((r.step, r.state.as_str()), (1, "running"));
+    assert_eq!(weights(&c2, "shop"), vec![(2, 50), (1, 50)]);
+    drive_past(&c2, 1, std::time::Duration::from_secs(10)).await;
+    let r = c2.rollout("shop").unwrap();
+    assert_eq!((r.step, r.state.as_str()), (2, "completed"));
+    assert!(r.ended_at.is_some());
+    assert_eq!(weights(&c2, "shop"), vec![(2, 100)]);
+    assert_eq!(engine.compiles() + engine2.compiles(), compiles);
+}
+
+#[tokio::test]
+async fn a_failing_revision_is_rolled_back_before_its_step_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let engine = Arc::new(CountingEngine::default());
+    let c = Control::with_retention(store, engine, 100);
+    deploy(&c, "v1", None).await.unwrap();
+    deploy(&c, "v2", Some(0)).await.unwrap();
+    // A step of an hour: only the error rate can end it within the test.
+    c.start_rollout("shop", rollout_to(2, &[10, 50, 100], 3_600_000))
+        .await
+        .unwrap();
+    answer(&c, 1, 100, 1);
+    answer(&c, 2, EARLY_TRIP_REQUESTS - 1, 5);
+    c.drive_rollouts().await;
+    assert_eq!(
+        c.rollout("shop").unwrap().state,
+        "running",
+        "too few requests yet"
+    );
+    answer(&c, 2, 1, 1);
+    c.drive_rollouts().await;
+    let r = c.rollout("shop").unwrap();
+    assert_eq!(r.state, "rolled_back");
+    let why = r.reason.unwrap();
+    assert!(
+        why.contains("revision 2 failed 6 of 20 requests (30.0%)"),
+        "{why}"
+    );
+    assert_eq!(weights(&c, "shop"), vec![(1, 100)]);
+}
+
+#[tokio::test]
+async fn a_change_by_hand_or_an_abort_ends_the_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let engine = Arc::new(CountingEngine::default());
+    let c = Control::with_retention(store, engine, 100);
+    deploy(&c, "v1", None).await.unwrap();
+    deploy(&c, "v2", Some(0)).await.unwrap();
+    let none = c.rollout("shop").unwrap_err();
+    assert_eq!(none.code(), ErrorCode::RolloutNotFound, "{none}");
+
+    c.start_rollout("shop", rollout_to(2, &[10, 100], 3_600_000))
+        .await
+        .unwrap();
+    c.set_traffic(
+        "shop",
+        TrafficUpdate {
+            split: split(&[(1, 70), (2, 30)]),
+            expected_generation: None,
+        },
+    )
+    .await
+    .unwrap();
+    let r = c.rollout("shop").unwrap();
+    assert_eq!(r.state, "aborted");
+    assert_eq!(r.reason.as_deref(), Some("the traffic was changed by hand"));
+    assert_eq!(weights(&c, "shop"), vec![(1, 70), (2, 30)]);
+    let err = c.abort_rollout("shop").await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RolloutNotFound, "{err}");
+
+    // From the revision with the most traffic; the others drop out.
+    c.start_rollout("shop", rollout_to(2, &[40, 100], 3_600_000))
+        .await
+        .unwrap();
+    assert_eq!(weights(&c, "shop"), vec![(1, 60), (2, 40)]);
+    let state = c.abort_rollout("shop").await.unwrap();
+    assert_eq!(state.rollout.unwrap().state, "aborted");
+    assert_eq!(weights(&c, "shop"), vec![(1, 100)]);
+
+    let bad = c
+        .start_rollout("shop", rollout_to(1, &[10, 100], 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), ErrorCode::InvalidTraffic, "{bad}");
+    assert!(
+        bad.to_string().contains("already takes all traffic"),
+        "{bad}"
+    );
 }

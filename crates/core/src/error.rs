@@ -53,6 +53,8 @@ error_codes! {
     RevisionNotFound => "revision_not_found", 404, "the app has no retained revision with that number";
     InvalidTraffic => "invalid_traffic", 400, "a traffic split or rollout is invalid (weights must name retained revisions once and sum to 100)";
     Conflict => "conflict", 409, "the app changed since the state the request expected; the body carries the current state";
+    RolloutInProgress => "rollout_in_progress", 409, "a rollout of the app is running; wait for it to end or abort it first";
+    RolloutNotFound => "rollout_not_found", 404, "the app has no rollout running (or none at all)";
     NotFound => "not_found", 404, "no such endpoint";
     Forbidden => "forbidden", 403, "the admin API accepts requests only from loopback unless an admin key is configured";
     Internal => "internal", 500, "Nubo failed while handling the request; the server log has details";

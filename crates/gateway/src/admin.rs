@@ -11,7 +11,8 @@ use axum::routing::{any, get, post};
 use bytes::Bytes;
 use nubo_control::{DeployError, DeployOptions, LiveApp, route_infos};
 use nubo_core::api::v1::{
-    AppSummary, ConflictBody, ErrorDetail, RollbackRequest, TrafficState, TrafficUpdate,
+    AppSummary, ConflictBody, ErrorDetail, RollbackRequest, RolloutRequest, TrafficState,
+    TrafficUpdate,
 };
 use nubo_core::{ErrorCode, limits, rfc3339};
 use serde::Deserialize;
@@ -98,6 +99,10 @@ pub(crate) fn router(weak: Gw) -> Router {
             get(get_traffic).put(put_traffic),
         )
         .route("/_nubo/api/v1/apps/{app}/rollback", post(rollback))
+        .route(
+            "/_nubo/api/v1/apps/{app}/rollout",
+            get(get_rollout).post(start_rollout).delete(abort_rollout),
+        )
         .route(
             "/_nubo/api/v1/apps/{app}/functions/{function}/invoke",
             any(invoke),
@@ -271,6 +276,40 @@ async fn rollback(
     let g = gw(&w)?;
     let req: RollbackRequest = json_body(&body, "rollback request")?;
     Ok(axum::Json(g.control.rollback(&app, req).await?))
+}
+
+async fn get_rollout(
+    State(w): State<Gw>,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let g = gw(&w)?;
+    Ok(axum::Json(g.control.rollout(&app)?))
+}
+
+async fn start_rollout(
+    State(w): State<Gw>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let g = gw(&w)?;
+    let req: RolloutRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::Plain(
+            ErrorCode::BadRequest,
+            format!(
+                "the body is not a valid rollout request: {e}; send {{\"to\":13,\"steps\":[10,50,100],\"interval_ms\":300000}}"
+            ),
+        )
+    })?;
+    let state = g.control.start_rollout(&app, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(state)))
+}
+
+async fn abort_rollout(
+    State(w): State<Gw>,
+    Path(app): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let g = gw(&w)?;
+    Ok(axum::Json(g.control.abort_rollout(&app).await?))
 }
 
 async fn remove_app(
@@ -502,6 +541,9 @@ mod tests {
             ("/_nubo/api/v1/apps/{app}/traffic", "get"),
             ("/_nubo/api/v1/apps/{app}/traffic", "put"),
             ("/_nubo/api/v1/apps/{app}/rollback", "post"),
+            ("/_nubo/api/v1/apps/{app}/rollout", "get"),
+            ("/_nubo/api/v1/apps/{app}/rollout", "post"),
+            ("/_nubo/api/v1/apps/{app}/rollout", "delete"),
         ] {
             assert!(
                 paths[path][method].is_object(),
@@ -518,6 +560,8 @@ mod tests {
             "RollbackRequest",
             "ConflictBody",
             "RevisionList",
+            "RolloutRequest",
+            "RolloutStatus",
         ] {
             assert!(schemas[name].is_object(), "schema {name}");
         }

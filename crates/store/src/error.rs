@@ -139,6 +139,21 @@ pub enum StoreError {
         /// The revision asked for.
         revision: u64,
     },
+    /// A rollout of the app is running; nothing was changed.
+    #[error(
+        "app {app:?} is rolling out revision {to} (now at {percent}%); wait for it to end, or stop it with `nubo rollout {app} --abort`"
+    )]
+    RolloutRunning {
+        /// The app.
+        app: String,
+        /// The revision being rolled out.
+        to: u64,
+        /// Its share now.
+        percent: u8,
+    },
+    /// No rollout of the app runs (or it moved on since the caller looked); nothing changed.
+    #[error("app {0:?} has no running rollout; `nubo rollout {0}` shows the last one")]
+    RolloutNotRunning(String),
     /// The app is not deployed.
     #[error("app {0:?} is not deployed; deploy it first (`nubo ls` lists the deployed apps)")]
     AppNotDeployed(String),

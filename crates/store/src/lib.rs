@@ -31,6 +31,7 @@ mod blobs;
 mod error;
 mod records;
 mod revisions;
+mod rollout;
 mod schema;
 mod time;
 mod traffic;
@@ -40,6 +41,7 @@ pub use blobs::validate_digest;
 pub use error::StoreError;
 pub use records::{MAX_QUERY_ROWS, invocation_record};
 pub use revisions::{FunctionCode, NewRevision, RevisionRecord};
+pub use rollout::{Rollout, RolloutMove, RolloutState};
 pub use time::format_rfc3339;
 pub use traffic::{TrafficInstruction, TrafficSplit, canary_split, validate_split};
 pub use writer::{

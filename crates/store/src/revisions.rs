@@ -146,7 +146,8 @@ impl Store {
                     .map_err(db(doing))?;
             }
         }
-        let generation = traffic::write_split(&tx, &new.app, &current, &split)?;
+        let generation =
+            traffic::write_split(&tx, &new.app, &current, &split, traffic::Changer::Deploy)?;
         tx.commit().map_err(db(doing))?;
 
         let rec = RevisionRecord {
@@ -303,6 +304,7 @@ impl Store {
             .execute("DELETE FROM apps WHERE name = ?1", [app])
             .map_err(db(doing))?;
         if removed > 0 {
+            crate::rollout::end_running(&tx, app, "the app was removed")?;
             traffic::bump_generation(&tx, app)?;
         }
         tx.commit().map_err(db(doing))?;

@@ -106,8 +106,29 @@ CREATE TABLE traffic_history (
 CREATE INDEX traffic_history_by_app ON traffic_history (app, seq);
 ";
 
+/// Version 3: timed rollouts. One row per app: the rollout in progress, or the last one that
+/// ended. No foreign key to `revisions`: an ended rollout may name revisions pruned since.
+const V3: &str = "
+CREATE TABLE rollouts (
+    app              TEXT    NOT NULL PRIMARY KEY,
+    to_revision      INTEGER NOT NULL,
+    from_revision    INTEGER NOT NULL,
+    steps            TEXT    NOT NULL,
+    interval_ms      INTEGER NOT NULL,
+    error_ratio      REAL    NOT NULL,
+    min_error_rate   REAL    NOT NULL,
+    step             INTEGER NOT NULL,
+    step_started_ms  INTEGER NOT NULL,
+    state            TEXT    NOT NULL
+                     CHECK (state IN ('running', 'completed', 'rolled_back', 'aborted')),
+    reason           TEXT,
+    started_at_ms    INTEGER NOT NULL,
+    ended_at_ms      INTEGER
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -167,7 +188,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, MIGRATIONS.len() as i64);
         let split: Vec<(String, i64, i64)> = conn
             .prepare("SELECT app, revision, weight FROM traffic")
             .unwrap()

@@ -2,7 +2,7 @@
 //! counter, and the history of splits that rollback reads.
 
 use crate::error::db;
-use crate::{Store, StoreError, time};
+use crate::{Store, StoreError, rollout, time};
 use nubo_core::api::v1::WeightedRevision;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::BTreeSet;
@@ -62,7 +62,7 @@ impl TrafficSplit {
 }
 
 /// Sorts a split highest weight first, ties newest first.
-fn sort_split(split: &mut [WeightedRevision]) {
+pub(crate) fn sort_split(split: &mut [WeightedRevision]) {
     split.sort_by(|a, b| b.weight.cmp(&a.weight).then(b.revision.cmp(&a.revision)));
 }
 
@@ -259,7 +259,7 @@ pub(crate) fn apply_instruction(
     })
 }
 
-fn encode_split(split: &[WeightedRevision]) -> String {
+pub(crate) fn encode_split(split: &[WeightedRevision]) -> String {
     split
         .iter()
         .map(|w| format!("{}={}", w.revision, w.weight))
@@ -280,14 +280,28 @@ fn decode_split(text: &str) -> Option<Vec<WeightedRevision>> {
         .collect()
 }
 
+/// What changes a split. A change by anything but the app's running rollout ends that rollout
+/// (state `aborted`), in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Changer {
+    /// A deploy whose revision takes traffic.
+    Deploy,
+    /// A traffic change or rollback asked for by a person or tool.
+    Request,
+    /// The app's running rollout.
+    Rollout,
+}
+
 /// Replaces the app's split with `new` (already valid and sorted), keeps `apps.live_revision`
-/// on its highest-weight revision, records `old` in the history when the split changed, and
-/// bumps the generation. Returns the new generation.
+/// on its highest-weight revision, records `old` in the history when the split changed, ends a
+/// running rollout that did not make the change, and bumps the generation. Returns the new
+/// generation.
 pub(crate) fn write_split(
     conn: &Connection,
     app: &str,
     old: &[WeightedRevision],
     new: &[WeightedRevision],
+    changer: Changer,
 ) -> Result<u64, StoreError> {
     let doing = "writing a traffic split";
     let primary = new.first().ok_or_else(|| StoreError::InvalidTraffic {
@@ -320,6 +334,11 @@ pub(crate) fn write_split(
             )
             .map_err(db(doing))?;
         }
+        match changer {
+            Changer::Deploy => rollout::end_running(conn, app, "a deploy changed the traffic")?,
+            Changer::Request => rollout::end_running(conn, app, "the traffic was changed by hand")?,
+            Changer::Rollout => {}
+        }
     }
     conn.execute(
         "INSERT INTO apps (name, live_revision) VALUES (?1, ?2)
@@ -330,7 +349,11 @@ pub(crate) fn write_split(
     bump_generation(conn, app)
 }
 
-fn revision_exists(conn: &Connection, app: &str, revision: u64) -> Result<bool, StoreError> {
+pub(crate) fn revision_exists(
+    conn: &Connection,
+    app: &str,
+    revision: u64,
+) -> Result<bool, StoreError> {
     let Ok(r) = i64::try_from(revision) else {
         return Ok(false);
     };
@@ -422,7 +445,7 @@ impl Store {
                 });
             }
         }
-        let generation = write_split(&tx, app, &current, &new)?;
+        let generation = write_split(&tx, app, &current, &new, Changer::Request)?;
         tx.commit().map_err(db(doing))?;
         Ok(TrafficSplit {
             app: app.to_string(),

@@ -266,4 +266,22 @@ pub struct RolloutStatus {
     /// Why it ended, when it did (for `rolled_back`: the error rates that tripped it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The threshold's ratio to the old revision's error rate.
+    #[serde(default)]
+    pub error_ratio: f64,
+    /// The threshold's floor, in percent.
+    #[serde(default)]
+    pub min_error_rate: f64,
+    /// When it started (RFC 3339).
+    #[serde(default)]
+    pub started_at: String,
+    /// When it ended (RFC 3339), once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// The new revision's requests and errors in the current step so far (on this server).
+    #[serde(default)]
+    pub step_requests: u64,
+    /// Of those, errors.
+    #[serde(default)]
+    pub step_errors: u64,
 }

@@ -35,6 +35,32 @@ pub struct ServerArgs {
     /// deploy, except revisions that take traffic. At least 1.
     #[arg(long, env = "NUBO_KEEP_REVISIONS", default_value_t = nubo_control::DEFAULT_KEEP_REVISIONS, value_parser = parse_keep)]
     pub keep_revisions: usize,
+    /// Most invocations running at once on this server, all functions together; functions
+    /// with `reserve = true` take their `max_concurrency` out of it, the others share the rest.
+    #[arg(long, env = "NUBO_MAX_CONCURRENCY", default_value_t = nubo_core::limits::DEFAULT_SERVER_MAX_CONCURRENCY, value_parser = parse_at_least_one)]
+    pub max_concurrency: u32,
+    /// Most async invocations waiting or running on this server; past it, new async requests
+    /// are answered 429 `throttled` with Retry-After.
+    #[arg(long, env = "NUBO_MAX_ASYNC_QUEUE", default_value_t = nubo_gateway::DEFAULT_MAX_PENDING, value_parser = parse_at_least_one_u64)]
+    pub max_async_queue: u64,
+}
+
+fn parse_at_least_one(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a limit: use a whole number of at least 1, e.g. 1000"
+        )),
+    }
+}
+
+fn parse_at_least_one_u64(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a limit: use a whole number of at least 1, e.g. 100000"
+        )),
+    }
 }
 
 fn parse_keep(s: &str) -> Result<usize, String> {
@@ -179,8 +205,16 @@ pub enum Command {
         #[arg(short = 'i', long = "include")]
         include: bool,
         /// Run this revision of the function (it must be retained; it need not take traffic).
-        #[arg(long, value_name = "REVISION")]
+        #[arg(long, value_name = "REVISION", conflicts_with = "asynchronous")]
         revision: Option<u64>,
+        /// Queue the invocation and print its id instead of waiting for the response; it runs
+        /// with retries (`nubo invocation ID` shows how it went).
+        #[arg(long = "async", id = "asynchronous")]
+        asynchronous: bool,
+        /// With --async: a key naming this invocation; sending the same key again within 24h
+        /// returns the original invocation's id and runs nothing.
+        #[arg(long, value_name = "KEY", requires = "asynchronous")]
+        idempotency_key: Option<String>,
     },
     /// Show function log lines.
     Logs {
@@ -193,7 +227,8 @@ pub enum Command {
         #[arg(long)]
         since: Option<String>,
     },
-    /// Show recent invocation records of an app.
+    /// Show recent invocation records of an app, or with --status / --async its async
+    /// invocations.
     Invocations {
         /// App name.
         app: String,
@@ -203,7 +238,44 @@ pub enum Command {
         /// How many (newest first).
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// List async invocations in this state: queued, running, succeeded, failed or
+        /// cancelled.
+        #[arg(long, value_name = "STATE", value_parser = ["queued", "running", "succeeded", "failed", "cancelled"])]
+        status: Option<String>,
+        /// List async invocations (in every state) instead of invocation records.
+        #[arg(long = "async")]
+        asynchronous: bool,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one invocation: an async one's state, attempts (each with its logs) and payload,
+    /// or a record and its logs. With --cancel, cancel a queued async invocation.
+    Invocation {
+        /// The invocation id (printed by `nubo invoke --async` and `nubo invocations`).
+        id: String,
+        /// Cancel it; only a queued async invocation can be cancelled.
+        #[arg(long)]
+        cancel: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An app's dead-letter queue: async invocations that failed every attempt. Lists them, or
+    /// queues them again (--redrive) or deletes them (--purge).
+    Dlq {
+        /// App name.
+        app: String,
+        /// Queue these failed invocations again, attempts starting over (default: all of them).
+        #[arg(long, conflicts_with = "purge")]
+        redrive: bool,
+        /// Delete every failed invocation of the app and its attempts.
+        #[arg(long)]
+        purge: bool,
+        /// With --redrive: only these invocations.
+        #[arg(value_name = "ID", requires = "redrive")]
+        ids: Vec<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

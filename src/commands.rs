@@ -1,6 +1,7 @@
 //! One module per subcommand; this file dispatches to them.
 
 mod apps;
+mod asynchronous;
 mod deploy;
 mod invoke;
 mod logs;
@@ -81,7 +82,22 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             headers,
             include,
             revision,
-        } => invoke::run(&target, data, method, &path, &headers, include, revision).await,
+            asynchronous,
+            idempotency_key,
+        } => {
+            let request = invoke::Request {
+                target: &target,
+                data,
+                method,
+                path: &path,
+                headers: &headers,
+            };
+            if asynchronous {
+                invoke::submit(request, idempotency_key.as_deref()).await
+            } else {
+                invoke::run(request, include, revision).await
+            }
+        }
         Command::Logs {
             target,
             follow,
@@ -91,8 +107,38 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             app,
             function,
             limit,
+            status,
+            asynchronous,
             json,
-        } => apps::invocations(&app, function.as_deref(), limit, json).await,
+        } => {
+            if asynchronous || status.is_some() {
+                asynchronous::list(&app, function.as_deref(), status.as_deref(), limit, json).await
+            } else {
+                apps::invocations(&app, function.as_deref(), limit, json).await
+            }
+        }
+        Command::Invocation { id, cancel, json } => {
+            if cancel {
+                asynchronous::cancel(&id, json).await
+            } else {
+                asynchronous::show(&id, json).await
+            }
+        }
+        Command::Dlq {
+            app,
+            redrive,
+            purge,
+            ids,
+            json,
+        } => {
+            if redrive {
+                asynchronous::redrive(&app, ids, json).await
+            } else if purge {
+                asynchronous::purge(&app, json).await
+            } else {
+                asynchronous::dlq(&app, json).await
+            }
+        }
         Command::CompileWorker => Ok(ExitCode::from(2)),
     }
 }

@@ -29,6 +29,11 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Revisions kept per app (newest first; revisions with traffic are always kept).
     pub keep_revisions: usize,
+    /// Server-wide cap on invocations running at once; functions with `reserve = true` take
+    /// their `max_concurrency` out of it, the others share the rest.
+    pub max_concurrency: u32,
+    /// Most async invocations waiting or running; past it, async submissions get 429.
+    pub max_async_queue: u64,
 }
 
 /// The default state directory: `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
@@ -79,6 +84,7 @@ impl Server {
                     program: exe,
                     args: vec!["__compile-worker".into()],
                 }),
+                max_concurrency: config.max_concurrency,
                 ..RuntimeConfig::default()
             })
             .context("starting the wasm runtime")?,
@@ -105,6 +111,23 @@ impl Server {
             report.apps,
             report.elapsed.as_millis()
         );
+        // Async invocations cut short by a crash run again; then the writer takes new ones.
+        let store = control.store().clone();
+        let (recovered, pending) = tokio::task::spawn_blocking(move || {
+            Ok::<_, nubo_store::StoreError>((store.recover_events()?, store.pending_events()?))
+        })
+        .await?
+        .context("reading the async invocation queue")?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "async invocations interrupted by a stop will run again"
+            );
+        }
+        let event_writer = control
+            .store()
+            .spawn_event_writer()
+            .context("starting the async invocation writer")?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "listening on {} (is another server running there? use --listen)",
@@ -121,9 +144,12 @@ impl Server {
                     .admin_key
                     .map_or(AdminAuth::LoopbackOnly, AdminAuth::Key),
                 drain_timeout: config.drain_timeout,
+                max_async_queue: config.max_async_queue,
                 ..GatewayConfig::default()
             },
+            Some((event_writer, pending)),
         );
+        gateway.start_deliverer();
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "server built"

@@ -6,10 +6,13 @@ mod support;
 
 mod e2e {
     mod admin;
+    mod asynchronous;
     mod bad_input;
     mod deploy;
+    mod destinations;
     mod errors;
     mod lifecycle;
+    mod limits;
     mod logs;
     mod traffic;
 }

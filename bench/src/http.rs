@@ -124,6 +124,41 @@ fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Deploys an app through the admin API: `manifest` and one component per `(function, code)`,
+/// in the deploy bundle format. `what` names the app in errors.
+pub fn deploy(
+    addr: SocketAddr,
+    what: &str,
+    manifest: &str,
+    functions: &[(String, &[u8])],
+) -> anyhow::Result<()> {
+    let code: usize = functions.iter().map(|(_, c)| c.len() + 32).sum();
+    let mut body = Vec::with_capacity(64 + manifest.len() + code);
+    body.extend_from_slice(b"NUBO-BUNDLE-1\n");
+    body.extend_from_slice(format!("nubo.toml {}\n", manifest.len()).as_bytes());
+    body.extend_from_slice(manifest.as_bytes());
+    for (name, wasm) in functions {
+        body.extend_from_slice(format!("function/{name} {}\n", wasm.len()).as_bytes());
+        body.extend_from_slice(wasm);
+    }
+    let r = request(
+        addr,
+        "POST",
+        "/_nubo/api/v1/apps",
+        Some("application/vnd.nubo.bundle"),
+        &body,
+        Duration::from_secs(600),
+    )
+    .with_context(|| format!("deploying {what}"))?;
+    ensure!(
+        (200..300).contains(&r.status),
+        "deploying {what}: the server answered {}: {}",
+        r.status,
+        r.text()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

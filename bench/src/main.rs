@@ -4,6 +4,8 @@
 //! Run it as `cargo run --release -p nubo-bench --bin nubo-bench` (see `bench/README.md`). It
 //! prints figures and asserts nothing about them.
 
+mod asynchronous;
+mod burst;
 mod http;
 mod machine;
 mod procs;
@@ -117,6 +119,9 @@ struct Plan {
     restarts: usize,
     settle: Duration,
     rss_steps: Vec<usize>,
+    trickle_secs: u64,
+    burst_secs: u64,
+    async_secs: u64,
 }
 
 impl Plan {
@@ -131,6 +136,9 @@ impl Plan {
                 restarts: 3,
                 settle: Duration::from_secs(1),
                 rss_steps: vec![1, 100],
+                trickle_secs: 2,
+                burst_secs: 3,
+                async_secs: 2,
             }
         } else {
             Plan {
@@ -142,10 +150,16 @@ impl Plan {
                 restarts: 5,
                 settle: Duration::from_secs(2),
                 rss_steps: vec![1, 100, 1000],
+                trickle_secs: 5,
+                burst_secs: 5,
+                async_secs: 5,
             }
         }
     }
 }
+
+/// Rows of a report table.
+type Rows = Vec<Vec<String>>;
 
 /// A server under test.
 struct Target {
@@ -272,6 +286,8 @@ fn run() -> anyhow::Result<()> {
     b.single_connection(&targets)?;
     let perf_target = targets.iter().find(|t| t.label == "nubo");
     b.profile(perf_target, opts.no_perf);
+    b.burst(perf_target);
+    b.asynchronous(perf_target);
 
     // Start-up and memory run on fresh processes.
     let mut nubo_proc = None;
@@ -834,6 +850,144 @@ impl Bench {
         Ok(())
     }
 
+    /// The burst scenario (see `burst.rs`) against the Nubo server: accepted, throttled and
+    /// the latency of accepted requests. A failure is reported, not fatal.
+    fn burst(&mut self, target: Option<&Target>) {
+        self.rep.heading("Burst: concurrency limits and 429");
+        let Some(t) = target else {
+            self.rep
+                .block("Not measured: Nubo was not measured in this run.");
+            return;
+        };
+        let (trickle_secs, burst_secs) = (self.plan.trickle_secs, self.plan.burst_secs);
+        let measured = (|| -> anyhow::Result<(burst::Phase, burst::Phase, String)> {
+            progress("burst: building tests/guests/echo and deploying the burst app");
+            let wasm = burst::build_guest(&self.root)?;
+            burst::deploy(t.addr, &wasm)?;
+            progress(&format!(
+                "burst: trickle for {trickle_secs} s, then ~100x the rate for {burst_secs} s"
+            ));
+            let (trickle, burst) = burst::run(t.addr, trickle_secs, burst_secs);
+            let metrics = http::get(t.addr, "/_nubo/api/v1/metrics", Duration::from_secs(10))?;
+            Ok((trickle, burst, metrics.text()))
+        })();
+        match measured {
+            Ok((trickle, burst, metrics)) => {
+                self.rep.table(
+                    &burst::HEADERS,
+                    &[trickle.row("trickle"), burst.row("burst (100×)")],
+                );
+                self.rep.block(&burst::describe());
+                self.rep
+                    .block("`GET /_nubo/api/v1/metrics` after the burst (shortened):");
+                self.rep.code(&metrics);
+            }
+            Err(e) => self.rep.block(&format!("Not measured: {e:#}.")),
+        }
+    }
+
+    /// The async scenario (see `asynchronous.rs`) against the Nubo server: durable submissions
+    /// per second and submit-to-execution latency, next to the same function called
+    /// synchronously. A failure is reported, not fatal.
+    fn asynchronous(&mut self, target: Option<&Target>) {
+        use asynchronous as a;
+        self.rep
+            .heading("Async invocations: durable submissions and latency");
+        let Some(t) = target else {
+            self.rep
+                .block("Not measured: Nubo was not measured in this run.");
+            return;
+        };
+        let secs = self.plan.async_secs;
+        let measured = (|| -> anyhow::Result<(Rows, Rows, String)> {
+            progress("async: building tests/guests/echo and deploying the async app");
+            let wasm = burst::build_guest(&self.root)?;
+            a::deploy(t.addr, &wasm)?;
+            let warm = a::phase(t.addr, 1, None, 1, false);
+            ensure!(
+                warm.ok > 0 && warm.other == 0,
+                "the async app does not answer: {warm:?}"
+            );
+            let mut throughput = Vec::new();
+            let mut drains = Vec::new();
+            for clients in [1, a::CLIENTS] {
+                for asynchronous in [false, true] {
+                    let label = format!(
+                        "{} ({clients} client{})",
+                        if asynchronous {
+                            "async submit"
+                        } else {
+                            "sync request"
+                        },
+                        if clients == 1 { "" } else { "s" }
+                    );
+                    progress(&format!("async: {label} for {secs} s"));
+                    let p = a::phase(t.addr, clients, None, secs, asynchronous);
+                    throughput.push(p.row(&label));
+                    if asynchronous {
+                        let d = a::drain(t.addr)?;
+                        drains.push(format!(
+                            "{} accepted by {clients} client(s) were all delivered {:.1} s after the phase ended",
+                            p.ok,
+                            d.as_secs_f64()
+                        ));
+                    }
+                }
+            }
+            progress(&format!(
+                "async: latency at {} requests/s for {secs} s, sync then async",
+                a::LATENCY_RPS
+            ));
+            let sync = a::phase(
+                t.addr,
+                a::LATENCY_CLIENTS,
+                Some(a::LATENCY_RPS),
+                secs,
+                false,
+            );
+            let asy = a::phase(t.addr, a::LATENCY_CLIENTS, Some(a::LATENCY_RPS), secs, true);
+            a::drain(t.addr)?;
+            let (e2e, not_ok) = a::end_to_end(t.addr, &asy.submitted)?;
+            let ms = |v: &[f64]| v.iter().map(|us| us / 1e3).collect::<Vec<f64>>();
+            let mut latency = vec![
+                a::latency_row("sync request (send → response)", &ms(&sync.latency_us)),
+                a::latency_row("async submit (send → 202)", &ms(&asy.latency_us)),
+                a::latency_row("async submit → first attempt started", &e2e),
+            ];
+            if let (Some(s50), Some(e50)) = (
+                a::percentile(&ms(&sync.latency_us), 0.5),
+                a::percentile(&e2e, 0.5),
+            ) && s50 > 0.0
+            {
+                latency.push(vec![
+                    "ratio p50: async start ÷ sync response".into(),
+                    String::new(),
+                    format!("{:.1}×", e50 / s50),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+            let mut notes = drains.join("; ");
+            if not_ok > 0 {
+                notes.push_str(&format!(
+                    "; {not_ok} of the latency phase's invocations did not succeed"
+                ));
+            }
+            Ok((throughput, latency, notes))
+        })();
+        match measured {
+            Ok((throughput, latency, notes)) => {
+                self.rep.table(&a::THROUGHPUT_HEADERS, &throughput);
+                self.rep.table(&a::LATENCY_HEADERS, &latency);
+                self.rep.block(&a::describe(secs));
+                if !notes.is_empty() {
+                    self.rep.block(&format!("Queue drained: {notes}."));
+                }
+            }
+            Err(e) => self.rep.block(&format!("Not measured: {e:#}.")),
+        }
+    }
+
     /// `perf record` on the Nubo server under load; the top symbols go to the report.
     fn profile(&mut self, target: Option<&Target>, skip: bool) {
         self.rep.heading("Where the time goes");
@@ -1241,30 +1395,13 @@ fn deploy_bundle(addr: SocketAddr, app: &str, n: usize, wasm: &[u8]) -> anyhow::
     for i in 0..n {
         manifest.push_str(&format!("\n[function.f{i:03}]\nsource = \"hello.wasm\"\n"));
     }
-    let mut body = Vec::with_capacity(64 + manifest.len() + n * (wasm.len() + 32));
-    body.extend_from_slice(b"NUBO-BUNDLE-1\n");
-    body.extend_from_slice(format!("nubo.toml {}\n", manifest.len()).as_bytes());
-    body.extend_from_slice(manifest.as_bytes());
-    for i in 0..n {
-        body.extend_from_slice(format!("function/f{i:03} {}\n", wasm.len()).as_bytes());
-        body.extend_from_slice(wasm);
-    }
-    let r = http::request(
+    let functions: Vec<(String, &[u8])> = (0..n).map(|i| (format!("f{i:03}"), wasm)).collect();
+    http::deploy(
         addr,
-        "POST",
-        "/_nubo/api/v1/apps",
-        Some("application/vnd.nubo.bundle"),
-        &body,
-        Duration::from_secs(600),
+        &format!("{app} ({n} functions)"),
+        &manifest,
+        &functions,
     )
-    .with_context(|| format!("deploying {app}"))?;
-    ensure!(
-        (200..300).contains(&r.status),
-        "deploying {app} ({n} functions): the server answered {}: {}",
-        r.status,
-        r.text()
-    );
-    Ok(())
 }
 
 #[cfg(test)]

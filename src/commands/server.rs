@@ -14,6 +14,8 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
             .filter(|k| !k.is_empty()),
         drain_timeout: args.drain_timeout,
         keep_revisions: args.keep_revisions,
+        max_concurrency: args.max_concurrency,
+        max_async_queue: args.max_async_queue,
     }
 }
 

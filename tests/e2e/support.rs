@@ -84,10 +84,27 @@ impl Server {
 
     /// Starts a server on `data_dir` with extra arguments.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_in_env(data_dir, extra, &[])
+    }
+
+    /// Starts a server with a fresh data dir and extra environment variables.
+    pub fn start_env(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in_env(&dir, &[], env);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on `data_dir` with extra arguments and environment variables.
+    pub fn start_in_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(nubo_bin())
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            // Tests see the defaults unless they set a limit themselves.
+            .env_remove("NUBO_MAX_CONCURRENCY")
+            .envs(env.iter().copied())
             .env("NUBO_LOG", "info")
             .env_remove("NUBO_ADMIN_KEY")
             .stdout(Stdio::piped())

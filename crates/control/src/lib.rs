@@ -28,6 +28,12 @@ pub use bundle::{
 };
 pub use deploy::{DeployError, DeployOptions, route_infos};
 pub use live::{AppState, LiveApp, LiveRevision, RouteTarget, Routes};
+/// Durable async invocations are stored by the store; the gateway accepts and delivers them
+/// through these (it does not depend on the store itself).
+pub use nubo_store::{
+    Accepted, Attempt, AttemptResult, Event, EventState, EventWriter, MAX_FINISHED_EVENTS,
+    NewEvent, Next, SubmitError,
+};
 pub use rollout::{
     DEFAULT_ERROR_RATIO, DEFAULT_MIN_ERROR_RATE, EARLY_TRIP_REQUESTS, MAX_INTERVAL, MIN_INTERVAL,
 };

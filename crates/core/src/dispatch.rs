@@ -108,9 +108,8 @@ impl InvokeError {
             InvokeError::MemoryLimit { .. } => O::MemoryLimit,
             InvokeError::Trap { .. } => O::Trap,
             InvokeError::NoResponse => O::NoResponse,
-            InvokeError::Unavailable { .. }
-            | InvokeError::Throttled { .. }
-            | InvokeError::Internal(_) => O::Internal,
+            InvokeError::Throttled { .. } => O::Throttled,
+            InvokeError::Unavailable { .. } | InvokeError::Internal(_) => O::Internal,
         }
     }
 }
@@ -127,4 +126,11 @@ pub trait Dispatch: Send + Sync + 'static {
     /// Runs `target` on `request`. The response body streams; errors after the response
     /// started are reported in the body stream.
     fn invoke(&self, target: &FunctionTarget, request: http::Request<Body>) -> InvokeFuture;
+
+    /// Load figures: in-flight, queued and throttled invocations per function and the
+    /// server-wide capacity in use. Served at `GET /_nubo/api/v1/metrics`. A dispatcher
+    /// without limits reports none.
+    fn load_metrics(&self) -> crate::api::v1::LoadMetrics {
+        crate::api::v1::LoadMetrics::default()
+    }
 }

@@ -50,6 +50,7 @@ error_codes! {
     AppNotFound => "app_not_found", 404, "no app with that name is deployed";
     FunctionNotFound => "function_not_found", 404, "the app has no function with that name";
     InvocationNotFound => "invocation_not_found", 404, "no invocation with that id is recorded";
+    InvocationNotQueued => "invocation_not_queued", 409, "the async invocation is no longer queued (it runs or ended), so it cannot be cancelled";
     RevisionNotFound => "revision_not_found", 404, "the app has no retained revision with that number";
     InvalidTraffic => "invalid_traffic", 400, "a traffic split or rollout is invalid (weights must name retained revisions once and sum to 100)";
     Conflict => "conflict", 409, "the app changed since the state the request expected; the body carries the current state";

@@ -44,6 +44,9 @@ pub enum Outcome {
     Cancelled,
     /// Nubo itself failed while running the function.
     Internal,
+    /// The function or server was at its concurrency limit and the request could not wait
+    /// (queue full or `queue_timeout` ran out); it was answered 429 and the function never ran.
+    Throttled,
 }
 
 impl Outcome {
@@ -57,6 +60,7 @@ impl Outcome {
             Outcome::NoResponse => "no_response",
             Outcome::Cancelled => "cancelled",
             Outcome::Internal => "internal",
+            Outcome::Throttled => "throttled",
         }
     }
 
@@ -70,6 +74,7 @@ impl Outcome {
             "no_response" => Outcome::NoResponse,
             "cancelled" => Outcome::Cancelled,
             "internal" => Outcome::Internal,
+            "throttled" => Outcome::Throttled,
             _ => return None,
         })
     }

@@ -49,3 +49,41 @@ pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 pub const MAX_ENV_VARS: usize = 256;
 /// See [`MAX_ENV_VARS`].
 pub const MAX_ENV_BYTES: usize = 64 * 1024;
+
+/// Default `max_concurrency` of a function: invocations of it that may run at once.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 100;
+
+/// Largest `max_concurrency` a function may ask for. Bounds what one function's manifest can
+/// claim of a server (the server-wide cap bounds it further).
+pub const MAX_FUNCTION_CONCURRENCY: u32 = 100_000;
+
+/// Default `queue_depth`: requests that may wait for a slot of a function at its limit.
+pub const DEFAULT_QUEUE_DEPTH: u32 = 100;
+
+/// Largest `queue_depth`. Bounds the connections and request heads a burst can make the
+/// server hold while they wait (past it, requests are answered 429 at once).
+pub const MAX_QUEUE_DEPTH: u32 = 10_000;
+
+/// Default `queue_timeout`: how long a request waits for a slot before it is answered 429.
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 10_000;
+
+/// Longest `queue_timeout`. Bounds how long a waiting request holds its connection.
+pub const MAX_QUEUE_TIMEOUT_MS: u64 = 60_000;
+
+/// Default server-wide cap on invocations running at once (`NUBO_MAX_CONCURRENCY`).
+/// Bounds the instances, memory and CPU all functions together can take from the machine.
+pub const DEFAULT_SERVER_MAX_CONCURRENCY: u32 = 1_000;
+
+/// Default `retry.max_attempts` of async invocations: the first attempt and two retries.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Largest `retry.max_attempts`.
+pub const MAX_MAX_ATTEMPTS: u32 = 100;
+/// Default `retry.max_age`: an async invocation not done 6 hours after it was accepted goes
+/// to the dead-letter queue.
+pub const DEFAULT_MAX_EVENT_AGE_MS: u64 = 6 * 3600 * 1000;
+/// Largest `retry.max_age` (14 days).
+pub const MAX_MAX_EVENT_AGE_MS: u64 = 14 * 24 * 3600 * 1000;
+/// Default `retry.backoff`: the delay before the first retry (then doubling, with jitter).
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1_000;
+/// Largest `retry.backoff`.
+pub const MAX_RETRY_BACKOFF_MS: u64 = 3600 * 1000;

@@ -53,6 +53,86 @@ pub struct FunctionSpec {
     pub max_request_body: u64,
     /// Environment variables the guest sees.
     pub env: BTreeMap<String, String>,
+    /// How many invocations may run at once and how many may wait. Revisions stored before
+    /// these settings existed read as the defaults.
+    #[serde(default)]
+    pub concurrency: ConcurrencySpec,
+    /// How async invocations of it are retried. Revisions stored before this setting existed
+    /// read as the defaults.
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Where the outcome of an async invocation of it is sent.
+    #[serde(default)]
+    pub destinations: DestinationSpec,
+}
+
+/// Functions of the same app that get a record of each finished async invocation: on success,
+/// and when every attempt failed. Invocations sent to a destination do not trigger
+/// destinations themselves, so destinations cannot loop.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DestinationSpec {
+    /// Function invoked (async) with the record of a successful invocation.
+    pub on_success: Option<String>,
+    /// Function invoked (async) with the record of an invocation whose attempts ran out.
+    pub on_failure: Option<String>,
+}
+
+/// How async invocations of a function are retried before they go to the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetrySpec {
+    /// Most attempts (the first included).
+    pub max_attempts: u32,
+    /// How long after it was accepted an invocation may still be attempted, in milliseconds.
+    pub max_age_ms: u64,
+    /// Delay before the first retry, in milliseconds; each later one doubles it (with jitter).
+    pub backoff_ms: u64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            max_attempts: limits::DEFAULT_MAX_ATTEMPTS,
+            max_age_ms: limits::DEFAULT_MAX_EVENT_AGE_MS,
+            backoff_ms: limits::DEFAULT_RETRY_BACKOFF_MS,
+        }
+    }
+}
+
+/// A function's concurrency settings: its limit, whether that capacity is reserved, and its
+/// bounded queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConcurrencySpec {
+    /// Most invocations of the function running at once (across all its loaded revisions).
+    pub max_concurrency: u32,
+    /// Whether `max_concurrency` is reserved: guaranteed to this function and taken out of
+    /// the capacity the other functions share.
+    pub reserve: bool,
+    /// Requests that may wait for a slot when the function is at its limit; more are
+    /// answered 429 `throttled` at once.
+    pub queue_depth: u32,
+    /// How long a request may wait for a slot before it is answered 429, in milliseconds.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for ConcurrencySpec {
+    fn default() -> Self {
+        ConcurrencySpec {
+            max_concurrency: limits::DEFAULT_MAX_CONCURRENCY,
+            reserve: false,
+            queue_depth: limits::DEFAULT_QUEUE_DEPTH,
+            queue_timeout_ms: limits::DEFAULT_QUEUE_TIMEOUT_MS,
+        }
+    }
+}
+
+impl ConcurrencySpec {
+    /// The queue timeout as a duration.
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
 }
 
 impl FunctionSpec {
@@ -137,6 +217,21 @@ struct RawFunction {
     env: BTreeMap<Spanned<String>, String>,
     #[serde(default)]
     allowed_hosts: Option<Spanned<Vec<String>>>,
+    max_concurrency: Option<Spanned<i64>>,
+    reserve: Option<bool>,
+    queue_depth: Option<Spanned<i64>>,
+    queue_timeout: Option<Spanned<HumanDuration>>,
+    retry: Option<Spanned<RawRetry>>,
+    on_success: Option<Spanned<String>>,
+    on_failure: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<Spanned<i64>>,
+    max_age: Option<Spanned<HumanDuration>>,
+    backoff: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -160,7 +255,15 @@ const FUNCTION_KEYS: &[&str] = &[
     "max_request_body",
     "env",
     "allowed_hosts",
+    "max_concurrency",
+    "reserve",
+    "queue_depth",
+    "queue_timeout",
+    "retry",
+    "on_success",
+    "on_failure",
 ];
+const RETRY_KEYS: &[&str] = &["max_attempts", "max_age", "backoff"];
 const ROUTE_KEYS: &[&str] = &["path", "function", "methods"];
 const TOP_KEYS: &[&str] = &["app", "function", "route"];
 
@@ -225,6 +328,9 @@ fn de_error(src: &Src<'_>, e: &toml::de::Error) -> ManifestError {
         && let Some(key) = rest.split('`').next()
     {
         let (where_, keys) = match table.as_deref() {
+            Some(t) if t.starts_with("[function.") && t.ends_with(".retry]") => {
+                (format!(" in {t}"), RETRY_KEYS)
+            }
             Some(t) if t.starts_with("[function.") => (format!(" in {t}"), FUNCTION_KEYS),
             Some("[[route]]") => (" in [[route]]".to_string(), ROUTE_KEYS),
             Some("[app]") => (" in [app]".to_string(), APP_KEYS),
@@ -398,6 +504,8 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 "{at} allowed_hosts: outbound HTTP is not available in this version of Nubo; remove allowed_hosts (functions cannot reach the network yet)"
             )));
         }
+        let concurrency = concurrency(src, &at, f, &mut errs);
+        let retry = retry(src, &at, f, &mut errs);
         let mut env = BTreeMap::new();
         let mut env_bytes = 0;
         for (k, v) in &f.env {
@@ -432,6 +540,9 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 timeout_ms,
                 max_request_body,
                 env,
+                concurrency,
+                retry,
+                destinations: DestinationSpec::default(),
             },
         );
     }
@@ -444,6 +555,32 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 limits::MAX_ROUTES_PER_APP
             ),
         });
+    }
+    for (fname, f) in &raw.function {
+        let name = fname.get_ref();
+        let f = f.get_ref();
+        let on_success = destination(
+            src,
+            name,
+            "on_success",
+            f.on_success.as_ref(),
+            &functions,
+            &mut errs,
+        );
+        let on_failure = destination(
+            src,
+            name,
+            "on_failure",
+            f.on_failure.as_ref(),
+            &functions,
+            &mut errs,
+        );
+        if let Some(spec) = functions.get_mut(name) {
+            spec.destinations = DestinationSpec {
+                on_success,
+                on_failure,
+            };
+        }
     }
     let mut routes = Vec::new();
     let mut table = RouteTableBuilder::new();
@@ -506,6 +643,166 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         errs.sort_by_key(|e| e.line.unwrap_or(0));
         Err(ManifestErrors(errs))
     }
+}
+
+/// The concurrency settings of one `[function.*]` table, defaults filled in.
+fn concurrency(
+    src: &Src<'_>,
+    at: &str,
+    f: &RawFunction,
+    errs: &mut Vec<ManifestError>,
+) -> ConcurrencySpec {
+    let mut spec = ConcurrencySpec {
+        reserve: f.reserve.unwrap_or(false),
+        ..ConcurrencySpec::default()
+    };
+    if let Some(n) = &f.max_concurrency {
+        let max = limits::MAX_FUNCTION_CONCURRENCY;
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if (1..=max).contains(&v) => spec.max_concurrency = v,
+            _ => errs.push(src.err(
+                n,
+                format!(
+                    "{at} max_concurrency {} is out of range: use a whole number from 1 to {max}, like 100",
+                    n.get_ref()
+                ),
+            )),
+        }
+    }
+    if let Some(n) = &f.queue_depth {
+        let max = limits::MAX_QUEUE_DEPTH;
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if v <= max => spec.queue_depth = v,
+            _ => errs.push(src.err(
+                n,
+                format!(
+                    "{at} queue_depth {} is out of range: use a whole number from 0 (no waiting) to {max}, like 100",
+                    n.get_ref()
+                ),
+            )),
+        }
+    }
+    if let Some(t) = &f.queue_timeout {
+        let ms = u64::try_from(t.get_ref().0.as_millis()).unwrap_or(u64::MAX);
+        if ms > limits::MAX_QUEUE_TIMEOUT_MS {
+            errs.push(src.err(
+                t,
+                format!(
+                    "{at} queue_timeout {} is out of range: use a value from 0s (no waiting) to 60s, like \"10s\"",
+                    t.get_ref()
+                ),
+            ));
+        }
+        spec.queue_timeout_ms = ms;
+    }
+    spec
+}
+
+/// A destination of `[function.NAME]`: `"fn"` or `"function:fn"`, another function of the app.
+fn destination(
+    src: &Src<'_>,
+    name: &str,
+    key: &str,
+    value: Option<&Spanned<String>>,
+    functions: &BTreeMap<String, FunctionSpec>,
+    errs: &mut Vec<ManifestError>,
+) -> Option<String> {
+    let v = value?;
+    let text = v.get_ref().trim();
+    let at = format!("[function.{name}] {key}");
+    if text.starts_with("queue:") {
+        errs.push(src.err(v, format!(
+            "{at} = {text:?}: queue destinations are not available yet (durable queues come with triggers); send the record to a function of the app instead, like {key} = \"{}\"",
+            functions.keys().find(|k| *k != name).map_or("notify", String::as_str)
+        )));
+        return None;
+    }
+    let target = text.strip_prefix("function:").unwrap_or(text);
+    if target == name {
+        errs.push(src.err(
+            v,
+            format!(
+                "{at} names the function itself; a destination must be another function of the app"
+            ),
+        ));
+        return None;
+    }
+    if !functions.contains_key(target) {
+        let known: Vec<&str> = functions
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != name)
+            .collect();
+        errs.push(src.err(v, format!(
+            "{at} points to unknown function {target:?}: define [function.{target}] or use one of: {}",
+            if known.is_empty() { "(no other function)".to_string() } else { known.join(", ") }
+        )));
+        return None;
+    }
+    Some(target.to_string())
+}
+
+/// The retry settings of one `[function.*]` table, defaults filled in.
+fn retry(src: &Src<'_>, at: &str, f: &RawFunction, errs: &mut Vec<ManifestError>) -> RetrySpec {
+    let mut spec = RetrySpec::default();
+    let Some(r) = &f.retry else {
+        return spec;
+    };
+    let r = r.get_ref();
+    if let Some(n) = &r.max_attempts {
+        let max = limits::MAX_MAX_ATTEMPTS;
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if (1..=max).contains(&v) => spec.max_attempts = v,
+            _ => errs.push(src.err(
+                n,
+                format!(
+                    "{at} retry.max_attempts {} is out of range: use a whole number from 1 (no retries) to {max}, like 3",
+                    n.get_ref()
+                ),
+            )),
+        }
+    }
+    let mut duration = |d: &Option<Spanned<HumanDuration>>,
+                        key: &str,
+                        min: u64,
+                        max: u64,
+                        max_text: &str,
+                        example: &str| {
+        let Some(d) = d else { return None };
+        let ms = u64::try_from(d.get_ref().0.as_millis()).unwrap_or(u64::MAX);
+        if !(min..=max).contains(&ms) {
+            errs.push(src.err(
+                d,
+                format!(
+                    "{at} retry.{key} {} is out of range: use a value from {min} ms to {max_text}, like \"{example}\"",
+                    d.get_ref()
+                ),
+            ));
+            return None;
+        }
+        Some(ms)
+    };
+    if let Some(ms) = duration(
+        &r.max_age,
+        "max_age",
+        1_000,
+        limits::MAX_MAX_EVENT_AGE_MS,
+        "14d",
+        "6h",
+    ) {
+        spec.max_age_ms = ms;
+    }
+    if let Some(ms) = duration(
+        &r.backoff,
+        "backoff",
+        10,
+        limits::MAX_RETRY_BACKOFF_MS,
+        "1h",
+        "1s",
+    ) {
+        spec.backoff_ms = ms;
+    }
+    spec
 }
 
 #[cfg(test)]

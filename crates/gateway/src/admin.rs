@@ -1,6 +1,7 @@
 //! The admin API (`/_nubo/api/v1/...`) and ops endpoints (`/_nubo/health`, `/_nubo/ready`).
 //! The CLI uses nothing else.
 
+use crate::admin_async;
 use crate::rescue::error_response;
 use crate::server::Gateway;
 use axum::Router;
@@ -26,11 +27,11 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// How often a follower is sent an empty keep-alive line (also how a gone client is noticed).
 const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(5);
 
-type Gw = Weak<Gateway>;
+pub(crate) type Gw = Weak<Gateway>;
 
 /// An admin API error: a code from the registry and a message, or a conflict with the state
 /// the caller should have expected.
-enum ApiError {
+pub(crate) enum ApiError {
     Plain(ErrorCode, String),
     Conflict(String, Box<TrafficState>),
 }
@@ -75,7 +76,7 @@ impl From<DeployError> for ApiError {
     }
 }
 
-fn gw(w: &Gw) -> Result<Arc<Gateway>, ApiError> {
+pub(crate) fn gw(w: &Gw) -> Result<Arc<Gateway>, ApiError> {
     w.upgrade().ok_or_else(|| {
         ApiError::Plain(
             ErrorCode::ShuttingDown,
@@ -107,7 +108,20 @@ pub(crate) fn router(weak: Gw) -> Router {
             "/_nubo/api/v1/apps/{app}/functions/{function}/invoke",
             any(invoke),
         )
-        .route("/_nubo/api/v1/invocations/{id}", get(invocation))
+        .route(
+            "/_nubo/api/v1/invocations/{id}",
+            get(admin_async::invocation).delete(admin_async::cancel),
+        )
+        .route("/_nubo/api/v1/apps/{app}/async", get(admin_async::list))
+        .route(
+            "/_nubo/api/v1/apps/{app}/dlq",
+            get(admin_async::dlq).delete(admin_async::purge),
+        )
+        .route(
+            "/_nubo/api/v1/apps/{app}/dlq/redrive",
+            post(admin_async::redrive),
+        )
+        .route("/_nubo/api/v1/metrics", get(metrics))
         .fallback(|| async {
             ApiError::Plain(
                 ErrorCode::NotFound,
@@ -116,6 +130,13 @@ pub(crate) fn router(weak: Gw) -> Router {
         })
         .layer(DefaultBodyLimit::max(limits::MAX_DEPLOY_BYTES as usize))
         .with_state(weak)
+}
+
+/// Concurrency figures: in-flight, queued and throttled invocations per function, and the
+/// server-wide capacity in use.
+async fn metrics(State(w): State<Gw>) -> Result<impl IntoResponse, ApiError> {
+    let gw = gw(&w)?;
+    Ok(axum::Json(gw.dispatch.load_metrics()))
 }
 
 async fn health() -> impl IntoResponse {
@@ -220,7 +241,7 @@ fn parse_generation(g: Option<&str>) -> Result<Option<u64>, ApiError> {
 }
 
 /// Decodes a JSON body, with an error that names the problem.
-fn json_body<T: serde::de::DeserializeOwned + Default>(
+pub(crate) fn json_body<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
     what: &str,
 ) -> Result<T, ApiError> {
@@ -338,22 +359,6 @@ async fn invocations(
     let limit = q.limit.unwrap_or(50).min(MAX_LIST);
     let recs = g.control.invocations(app, q.function, limit).await?;
     Ok(axum::Json(recs))
-}
-
-async fn invocation(
-    State(w): State<Gw>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let g = gw(&w)?;
-    match g.control.invocation(id.clone()).await? {
-        Some((record, logs)) => Ok(axum::Json(
-            serde_json::json!({ "record": record, "logs": logs }),
-        )),
-        None => Err(ApiError::Plain(
-            ErrorCode::InvocationNotFound,
-            format!("no invocation {id:?} is recorded"),
-        )),
-    }
 }
 
 #[derive(Deserialize)]
@@ -526,6 +531,24 @@ async fn invoke(
         )
     })?;
     parts.uri = uri;
+    if crate::events::is_async(&parts.headers) {
+        if let Some(n) = pin {
+            return Err(ApiError::Plain(
+                ErrorCode::BadRequest,
+                format!(
+                    "an async invocation cannot be pinned to revision {n}: it runs on the revision that takes traffic when its attempt starts; send it without nubo-revision"
+                ),
+            ));
+        }
+        let retry = live
+            .manifest
+            .functions
+            .get(&function)
+            .map(|f| f.retry)
+            .unwrap_or_default();
+        let resp = g.submit_event(&target, retry, max_body, parts, body).await;
+        return Ok(resp.map(axum::body::Body::new));
+    }
     let resp = g.invoke(&target, max_body, parts, body, "invoke").await;
     Ok(resp.map(axum::body::Body::new))
 }
@@ -544,6 +567,11 @@ mod tests {
             ("/_nubo/api/v1/apps/{app}/rollout", "get"),
             ("/_nubo/api/v1/apps/{app}/rollout", "post"),
             ("/_nubo/api/v1/apps/{app}/rollout", "delete"),
+            ("/_nubo/api/v1/invocations/{id}", "delete"),
+            ("/_nubo/api/v1/apps/{app}/async", "get"),
+            ("/_nubo/api/v1/apps/{app}/dlq", "get"),
+            ("/_nubo/api/v1/apps/{app}/dlq", "delete"),
+            ("/_nubo/api/v1/apps/{app}/dlq/redrive", "post"),
         ] {
             assert!(
                 paths[path][method].is_object(),
@@ -562,6 +590,10 @@ mod tests {
             "RevisionList",
             "RolloutRequest",
             "RolloutStatus",
+            "AsyncAccepted",
+            "AsyncInvocation",
+            "InvocationDetail",
+            "DlqChange",
         ] {
             assert!(schemas[name].is_object(), "schema {name}");
         }

@@ -170,6 +170,26 @@ pub(crate) async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<Body
     {
         parts.headers.insert(PATH_INFO_HEADER, v);
     }
+    if crate::events::is_async(&parts.headers) {
+        if let Some(n) = pin {
+            return error_response(
+                ErrorCode::BadRequest,
+                format!(
+                    "an async invocation cannot be pinned to revision {n}: it runs on the revision that takes traffic when its attempt starts; send it without nubo-revision and /_rev/"
+                ),
+                None,
+            );
+        }
+        let retry = revision
+            .manifest
+            .functions
+            .get(&*target.target.function)
+            .map(|f| f.retry)
+            .unwrap_or_default();
+        return gw
+            .submit_event(&target.target, retry, target.max_request_body, parts, body)
+            .await;
+    }
     let mut resp = gw
         .invoke(&target.target, target.max_request_body, parts, body, "http")
         .await;

@@ -12,12 +12,18 @@
 //! - The admin API answers only loopback clients unless an admin key is configured.
 
 mod admin;
+mod admin_async;
 mod affinity;
 mod body;
 mod data;
+mod events;
 mod rescue;
 mod server;
 
 pub use affinity::{AFFINITY_COOKIE, REV_PREFIX};
+pub use events::{
+    ASYNC_ATTEMPT_HEADER, ASYNC_ID_HEADER, DEFAULT_MAX_PENDING, IDEMPOTENCY_KEY_HEADER,
+    INVOCATION_TYPE_HEADER,
+};
 pub use rescue::error_response;
 pub use server::{AdminAuth, Gateway, GatewayConfig, ServeError};

@@ -2,6 +2,7 @@
 //! (admin and ops) from app traffic, and drains in-flight requests on shutdown.
 
 use crate::admin;
+use crate::events::Events;
 use crate::rescue::error_response;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -9,7 +10,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use nubo_control::Control;
+use nubo_control::{Control, EventWriter};
 use nubo_core::{Body, Dispatch, ErrorCode};
 use nubo_telemetry::RecordSink;
 use std::convert::Infallible;
@@ -38,6 +39,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// How long a client may take to send request headers (slowloris bound).
     pub header_read_timeout: Duration,
+    /// Most async invocations waiting or running; past it, async submissions get 429.
+    pub max_async_queue: u64,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +49,7 @@ impl Default for GatewayConfig {
             admin: AdminAuth::LoopbackOnly,
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            max_async_queue: crate::events::DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct Gateway {
     pub(crate) sink: RecordSink,
     pub(crate) config: GatewayConfig,
     pub(crate) draining: AtomicBool,
+    /// Async invocations (absent when the server takes none).
+    pub(crate) events: Option<Events>,
     admin: axum::Router,
 }
 
@@ -78,21 +84,32 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway.
+    /// Builds the gateway. With `events` (the store's async writer and how many async
+    /// invocations are already waiting), it takes async invocations; call
+    /// [`Gateway::start_deliverer`] to run them.
     pub fn new(
         control: Arc<Control>,
         dispatch: Arc<dyn Dispatch>,
         sink: RecordSink,
         config: GatewayConfig,
+        events: Option<(EventWriter, u64)>,
     ) -> Arc<Self> {
+        let max_pending = config.max_async_queue;
         Arc::new_cyclic(|weak| Gateway {
             control,
             dispatch,
             sink,
             config,
             draining: AtomicBool::new(false),
+            events: events.map(|(w, pending)| Events::new(w, pending, max_pending)),
             admin: admin::router(weak.clone()),
         })
+    }
+
+    /// Starts delivering async invocations (a task that ends when the gateway is dropped or
+    /// drains).
+    pub fn start_deliverer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        crate::events::spawn_deliverer(Arc::downgrade(self))
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then stops accepting and

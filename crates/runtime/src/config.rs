@@ -67,6 +67,9 @@ pub struct RuntimeConfig {
     /// Most wasm instances alive at once (each request runs in a fresh one). Sizes the pooling
     /// allocator.
     pub max_instances: u32,
+    /// Server-wide cap on invocations running at once (`NUBO_MAX_CONCURRENCY` for `nubo server`);
+    /// functions with `reserve = true` take their share out of it, the others share the rest.
+    pub max_concurrency: u32,
     /// How often the epoch advances: the granularity of timeouts.
     pub epoch_tick: Duration,
     /// Longest time one compilation may take.
@@ -82,6 +85,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             max_instances: DEFAULT_MAX_INSTANCES,
+            max_concurrency: nubo_core::limits::DEFAULT_SERVER_MAX_CONCURRENCY,
             epoch_tick: DEFAULT_EPOCH_TICK,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             compile_memory_limit: DEFAULT_COMPILE_MEMORY_LIMIT,

@@ -1,10 +1,16 @@
 //! The request path: one fresh instance per request, run on its own task under the function's
 //! time and memory limits, its response streamed back as soon as the guest sets it.
 //!
-//! Hot path: a lock-free lookup of the pre-instantiated function, a new `Store`, one task. No
+//! Hot path: a lock-free lookup of the pre-instantiated function, admission by its concurrency
+//! limit (atomics; a lock only when the request has to wait), a new `Store`, one task. No
 //! locks are taken here except the invocation's own log buffer when the guest prints.
+//!
+//! The concurrency slot ([`Permit`]) lives in [`Shared`], which the guest's task, its store
+//! and the response body all hold: it is released when the instance has ended *and* the body
+//! was fully sent or dropped, not when the headers go out.
 
 use crate::host::Host;
+use crate::limits::Permit;
 use crate::runtime::{Loaded, WasmRuntime};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -24,13 +30,20 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 /// Longest trap description handed to clients and records; the full error goes to the logs.
 const MAX_TRAP_MESSAGE: usize = 200;
 
-/// Seconds a client is asked to wait when every pool slot is busy.
+/// Seconds a client is asked to wait when every pool slot is busy (answered 429, like the
+/// concurrency limits: load alone never causes a 5xx).
 const POOL_FULL_RETRY_AFTER_SECS: u32 = 1;
 
 impl Dispatch for WasmRuntime {
     fn invoke(&self, target: &FunctionTarget, request: http::Request<Body>) -> InvokeFuture {
         match self.functions.load().get(target) {
-            Some(loaded) => Box::pin(invoke(Arc::clone(loaded), request)),
+            Some(loaded) => {
+                let loaded = Arc::clone(loaded);
+                Box::pin(async move {
+                    let permit = loaded.limit.acquire().await?;
+                    invoke(loaded, request, permit).await
+                })
+            }
             None => Box::pin(std::future::ready(Err(InvokeError::Unavailable {
                 app: target.app.to_string(),
                 function: target.function.to_string(),
@@ -38,11 +51,16 @@ impl Dispatch for WasmRuntime {
             }))),
         }
     }
+
+    fn load_metrics(&self) -> nubo_core::api::v1::LoadMetrics {
+        self.limits.metrics()
+    }
 }
 
 async fn invoke(
     loaded: Arc<Loaded>,
     mut request: http::Request<Body>,
+    permit: Permit,
 ) -> Result<http::Response<Body>, InvokeError> {
     let invocation = request.extensions_mut().remove::<Invocation>();
     // Only the first invocation of a loaded function is cold; the load is cheap to test first
@@ -84,7 +102,7 @@ async fn invoke(
         );
     }
     let request = request.map(|body| body.map_err(|e| request_body_error(&e)));
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new(permit));
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (req, out) = {
         let mut http = store.data_mut().http();
@@ -156,6 +174,7 @@ async fn run_guest(
     invocation: Option<Invocation>,
     shared: Arc<Shared>,
 ) -> Result<(), InvokeError> {
+    let _instance = loaded.limit.instance();
     let ran = tokio::time::timeout(loaded.timeout, async {
         let proxy = loaded.pre.instantiate_async(&mut store).await?;
         proxy
@@ -213,6 +232,7 @@ fn classify(
         });
     }
     if error.is::<wasmtime::PoolConcurrencyLimitError>() {
+        loaded.limit.count_throttled();
         return Err(InvokeError::Throttled {
             retry_after_secs: POOL_FULL_RETRY_AFTER_SECS,
         });
@@ -291,13 +311,14 @@ impl Drop for GuestTask {
     }
 }
 
-/// What the request path and the response body learn from the guest's task.
-#[derive(Default)]
+/// What the request path and the response body learn from the guest's task, and the
+/// invocation's concurrency slot, released when the last of them drops this.
 struct Shared {
     response: AtomicU8,
     end: AtomicU8,
     /// The response body was dropped before it ended: the client went away.
     client_gone: AtomicBool,
+    _permit: Permit,
 }
 
 const RESPONSE_NONE: u8 = 0;
@@ -312,6 +333,15 @@ const END_TRAP: u8 = 4;
 const END_OTHER: u8 = 5;
 
 impl Shared {
+    fn new(permit: Permit) -> Shared {
+        Shared {
+            response: AtomicU8::new(RESPONSE_NONE),
+            end: AtomicU8::new(END_RUNNING),
+            client_gone: AtomicBool::new(false),
+            _permit: permit,
+        }
+    }
+
     fn responded(&self, ok: bool) {
         let value = if ok { RESPONSE_OK } else { RESPONSE_ERROR };
         self.response.store(value, Ordering::Release);

@@ -9,12 +9,15 @@
 //! - Functions reach no files, sockets or outbound HTTP; they link against all of WASI 0.2 and
 //!   policy refuses each use.
 //! - The request path takes no lock (functions are published with `ArcSwap`) and never
-//!   compiles.
+//!   compiles; admission (`limits`) is atomics unless the request has to wait.
+//! - An invocation holds its concurrency slot until its instance ended and its response body
+//!   was sent or dropped.
 
 mod check;
 mod config;
 mod host;
 mod invoke;
+mod limits;
 mod runtime;
 mod worker;
 

@@ -4,6 +4,7 @@
 use crate::check::{self, code_error};
 use crate::config::{self, RuntimeConfig};
 use crate::host::Host;
+use crate::limits::{FunctionLimit, Limiter};
 use crate::worker;
 use arc_swap::ArcSwap;
 use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
@@ -48,6 +49,8 @@ pub(crate) struct Loaded {
     pub(crate) ticks: u64,
     /// Set by the first invocation, which is the cold one.
     pub(crate) warm: AtomicBool,
+    /// The function's concurrency limit, shared by all its loaded revisions.
+    pub(crate) limit: Arc<FunctionLimit>,
     /// The cached artifact the code came from, if it came from the cache.
     artifact: Option<PathBuf>,
 }
@@ -67,6 +70,8 @@ pub struct WasmRuntime {
     /// the same code share one `Component`: its code mapping and copy-on-write memory image
     /// exist once, not once per function. Only touched on load and retain.
     components: Mutex<HashMap<PathBuf, Component>>,
+    /// Concurrency limits per function and server-wide.
+    pub(crate) limits: Limiter,
     artifact_key: String,
     config: RuntimeConfig,
     pooling: bool,
@@ -112,6 +117,7 @@ impl WasmRuntime {
             functions: ArcSwap::from_pointee(HashMap::new()),
             publish: Mutex::new(()),
             components: Mutex::new(HashMap::new()),
+            limits: Limiter::new(config.max_concurrency),
             artifact_key,
             config,
             pooling,
@@ -129,7 +135,11 @@ impl WasmRuntime {
         self.functions.load().contains_key(target)
     }
 
-    fn load_one(&self, function: LoadFunction) -> Result<(FunctionTarget, Arc<Loaded>), CodeError> {
+    fn load_one(
+        &self,
+        function: LoadFunction,
+        limit: Arc<FunctionLimit>,
+    ) -> Result<(FunctionTarget, Arc<Loaded>), CodeError> {
         let name = &*function.target.function;
         let component = match &function.artifact {
             // SAFETY: artifacts come only from `Engine::compile` (this process or the compile
@@ -161,6 +171,7 @@ impl WasmRuntime {
             timeout,
             ticks: ticks_for(timeout, self.config.epoch_tick),
             warm: AtomicBool::new(false),
+            limit,
             artifact: match &function.artifact {
                 Artifact::File(path) => Some(path.clone()),
                 Artifact::Bytes(_) => None,
@@ -229,12 +240,26 @@ impl Engine for WasmRuntime {
     }
 
     fn load(&self, functions: Vec<LoadFunction>) -> Result<(), CodeError> {
-        // Everything is checked before anything is published: all or nothing.
+        // Everything is checked before anything is published: all or nothing. Reservations
+        // are checked (and the new settings registered) first, and forgotten on failure.
+        let settings: Vec<_> = functions
+            .iter()
+            .map(|f| (f.target.clone(), f.spec.concurrency))
+            .collect();
+        let registration = self.limits.register(&settings)?;
         let loaded = functions
             .into_iter()
-            .map(|f| self.load_one(f))
-            .collect::<Result<Vec<_>, _>>()
-            .inspect_err(|_| self.prune_components())?;
+            .zip(registration.limits)
+            .map(|(f, limit)| self.load_one(f, limit))
+            .collect::<Result<Vec<_>, _>>();
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.limits.unregister(registration.previous);
+                self.prune_components();
+                return Err(e);
+            }
+        };
         self.update(|map| map.extend(loaded));
         Ok(())
     }
@@ -243,6 +268,7 @@ impl Engine for WasmRuntime {
         self.update(|map| {
             map.retain(|target, _| &*target.app != app || keep.contains(&target.revision));
         });
+        self.limits.retain(app, keep);
         self.prune_components();
     }
 }

@@ -7,6 +7,7 @@ mod guest;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use nubo_core::engine::{Artifact, Engine, LoadFunction};
+use nubo_core::manifest::{ConcurrencySpec, FunctionSpec};
 use nubo_core::{Body, Dispatch, FunctionTarget, InvokeError, Outcome};
 use nubo_runtime::{RuntimeConfig, WasmRuntime};
 use nubo_telemetry::{FinishedInvocation, Invocation, InvocationMeta, Stream};
@@ -436,4 +437,141 @@ async fn concurrent_requests_are_isolated() {
     for task in tasks {
         assert_eq!(task.await.expect("task"), "1");
     }
+}
+
+/// A runtime with the guest loaded under `concurrency`, on a server capped at `cap`.
+fn limited(cap: u32, concurrency: ConcurrencySpec) -> Fixture {
+    let rt = WasmRuntime::new(RuntimeConfig {
+        max_instances: 8,
+        max_concurrency: cap,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let target = FunctionTarget {
+        app: "app".into(),
+        function: "guest".into(),
+        revision: 1,
+    };
+    rt.load(vec![LoadFunction {
+        target: target.clone(),
+        spec: FunctionSpec {
+            concurrency,
+            ..guest::spec(64 * MIB, 5_000, &[])
+        },
+        artifact: Artifact::Bytes(artifact()),
+    }])
+    .expect("load the guest");
+    Fixture { rt, target }
+}
+
+fn in_flight(f: &Fixture) -> u32 {
+    f.rt.load_metrics().functions[0].in_flight
+}
+
+async fn until(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not reached");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_is_held_until_the_body_is_sent_or_dropped() {
+    let f = limited(
+        10,
+        ConcurrencySpec {
+            max_concurrency: 1,
+            queue_depth: 0,
+            ..ConcurrencySpec::default()
+        },
+    );
+    let (first, _) = f.call("/hello").await;
+    let first = first.expect("response");
+    // The headers are out, the body is not: the slot is still taken.
+    assert_eq!(in_flight(&f), 1);
+    let (second, _) = f.call("/hello").await;
+    assert!(
+        matches!(
+            second,
+            Err(InvokeError::Throttled {
+                retry_after_secs: 1
+            })
+        ),
+        "{second:?}"
+    );
+    assert_eq!(f.rt.load_metrics().functions[0].throttled, 1);
+    // Dropping the body (the client went away) gives the slot back.
+    drop(first);
+    until(|| in_flight(&f) == 0).await;
+    // So does sending the body to the end.
+    let (third, _) = f.call("/hello").await;
+    assert_eq!(text(third.expect("response")).await, "hello from nubo");
+    until(|| in_flight(&f) == 0 && f.rt.load_metrics().functions[0].instances == 0).await;
+    let (fourth, _) = f.call("/hello").await;
+    assert_eq!(
+        text(fourth.expect("slot free again")).await,
+        "hello from nubo"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_runs_when_the_slot_frees() {
+    let f = Arc::new(limited(
+        10,
+        ConcurrencySpec {
+            max_concurrency: 1,
+            queue_depth: 4,
+            queue_timeout_ms: 20_000,
+            ..ConcurrencySpec::default()
+        },
+    ));
+    let (first, _) = f.call("/hello").await;
+    let first = first.expect("response");
+    let waiting = {
+        let f = Arc::clone(&f);
+        tokio::spawn(
+            async move { text(f.call("/hello").await.0.expect("ran after waiting")).await },
+        )
+    };
+    until(|| f.rt.load_metrics().functions[0].queued == 1).await;
+    assert_eq!(text(first).await, "hello from nubo");
+    assert_eq!(waiting.await.expect("task"), "hello from nubo");
+}
+
+#[test]
+fn reservations_past_the_server_cap_fail_the_load() {
+    let rt = WasmRuntime::new(RuntimeConfig {
+        max_instances: 2,
+        max_concurrency: 10,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let target = FunctionTarget {
+        app: "app".into(),
+        function: "guest".into(),
+        revision: 1,
+    };
+    let err = rt
+        .load(vec![LoadFunction {
+            target: target.clone(),
+            spec: FunctionSpec {
+                concurrency: ConcurrencySpec {
+                    max_concurrency: 11,
+                    reserve: true,
+                    ..ConcurrencySpec::default()
+                },
+                ..guest::spec(64 * MIB, 5_000, &[])
+            },
+            artifact: Artifact::Bytes(artifact()),
+        }])
+        .expect_err("11 reserved of 10");
+    assert_eq!(err.code, nubo_core::ErrorCode::InvalidManifest);
+    assert!(
+        err.message.contains("NUBO_MAX_CONCURRENCY"),
+        "{}",
+        err.message
+    );
+    assert!(!rt.is_loaded(&target));
+    assert!(rt.load_metrics().functions.is_empty());
 }

@@ -29,6 +29,7 @@
 
 mod blobs;
 mod error;
+mod events;
 mod records;
 mod revisions;
 mod rollout;
@@ -39,6 +40,10 @@ mod writer;
 
 pub use blobs::validate_digest;
 pub use error::StoreError;
+pub use events::{
+    Accepted, Attempt, AttemptResult, Event, EventState, EventWriter, MAX_FINISHED_EVENTS,
+    NewEvent, Next, SubmitError,
+};
 pub use records::{MAX_QUERY_ROWS, invocation_record};
 pub use revisions::{FunctionCode, NewRevision, RevisionRecord};
 pub use rollout::{Rollout, RolloutMove, RolloutState};

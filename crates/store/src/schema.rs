@@ -127,8 +127,52 @@ CREATE TABLE rollouts (
 ) WITHOUT ROWID;
 ";
 
+/// Version 4: durable async invocations (`events`) and their attempts. `attempts` counts the
+/// attempts of the current round (a redrive starts a new one); `event_attempts` numbers every
+/// attempt over the event's life. The partial unique index makes an idempotency key name one
+/// event per function; a key older than the dedup window is cleared before it is reused.
+const V4: &str = "
+CREATE TABLE events (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT    NOT NULL UNIQUE,
+    app              TEXT    NOT NULL,
+    function         TEXT    NOT NULL,
+    method           TEXT    NOT NULL,
+    path             TEXT    NOT NULL,
+    headers          BLOB    NOT NULL,
+    body             BLOB    NOT NULL,
+    state            TEXT    NOT NULL
+                     CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    attempts         INTEGER NOT NULL,
+    max_attempts     INTEGER NOT NULL,
+    enqueued_at_ms   INTEGER NOT NULL,
+    due_at_ms        INTEGER NOT NULL,
+    expires_at_ms    INTEGER NOT NULL,
+    finished_at_ms   INTEGER,
+    idempotency_key  TEXT,
+    last_error       TEXT
+);
+CREATE INDEX events_due ON events (state, due_at_ms);
+CREATE INDEX events_by_app ON events (app, state, seq);
+CREATE UNIQUE INDEX events_idempotency ON events (app, function, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE event_attempts (
+    event_id       TEXT    NOT NULL,
+    attempt        INTEGER NOT NULL,
+    invocation_id  TEXT    NOT NULL,
+    revision       INTEGER NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    duration_ms    INTEGER NOT NULL,
+    outcome        TEXT    NOT NULL,
+    status         INTEGER,
+    error          TEXT,
+    PRIMARY KEY (event_id, attempt)
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

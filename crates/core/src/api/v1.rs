@@ -285,3 +285,189 @@ pub struct RolloutStatus {
     #[serde(default)]
     pub step_errors: u64,
 }
+
+/// `GET /_nubo/api/v1/metrics`: how loaded the server is right now, per function and in
+/// total. Counts are of this server only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadMetrics {
+    /// Server-wide figures.
+    pub server: ServerLoad,
+    /// One entry per function with a loaded revision, by app then function name.
+    pub functions: Vec<FunctionLoad>,
+}
+
+/// Server-wide concurrency figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServerLoad {
+    /// Invocations running (or streaming their response) now, all functions together.
+    pub in_use: u32,
+    /// The server-wide cap (`NUBO_MAX_CONCURRENCY` for `nubo server`).
+    pub cap: u32,
+    /// Capacity reserved by functions with `reserve = true` (sum of their `max_concurrency`).
+    pub reserved: u32,
+    /// Of `in_use`, slots taken from the capacity unreserved functions share.
+    pub shared_in_use: u32,
+    /// The capacity unreserved functions share: `cap - reserved`.
+    pub shared_cap: u32,
+    /// Requests answered 429 `throttled` since the server started.
+    pub throttled: u64,
+}
+
+/// One function's concurrency figures (all its loaded revisions together).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FunctionLoad {
+    /// App name.
+    pub app: String,
+    /// Function name.
+    pub function: String,
+    /// The revision whose settings are in force (the most recently loaded one).
+    pub revision: u64,
+    /// Its `max_concurrency`.
+    pub max_concurrency: u32,
+    /// Its `reserve`.
+    pub reserve: bool,
+    /// Its `queue_depth`.
+    pub queue_depth: u32,
+    /// Its `queue_timeout`, in milliseconds.
+    pub queue_timeout_ms: u64,
+    /// Invocations holding a slot now (running, or streaming their response body).
+    pub in_flight: u32,
+    /// Requests waiting for a slot now.
+    pub queued: u32,
+    /// Requests answered 429 `throttled` since the server started.
+    pub throttled: u64,
+    /// Live instances (for wasm: instances running an invocation now).
+    pub instances: u32,
+}
+
+/// `202 Accepted` answer to an async invocation (`nubo-invocation-type: event`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AsyncAccepted {
+    /// The async invocation's id (`nubo invocation ID` shows it).
+    pub invocation_id: String,
+    /// `queued`; for a replay, the original invocation's state now.
+    pub state: String,
+    /// True when the request's `idempotency-key` was seen within the dedup window: the id is
+    /// the original invocation's and nothing new was queued.
+    #[serde(default)]
+    pub replay: bool,
+}
+
+/// An async invocation, its state and its attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AsyncInvocation {
+    /// Its id.
+    pub id: String,
+    /// App.
+    pub app: String,
+    /// Function.
+    pub function: String,
+    /// `queued`, `running`, `succeeded`, `failed` (in the dead-letter queue) or `cancelled`.
+    pub state: String,
+    /// Attempts in the current round (a redrive starts a new round).
+    pub attempts: u32,
+    /// Most attempts per round.
+    pub max_attempts: u32,
+    /// When it was accepted (RFC 3339).
+    pub enqueued_at: String,
+    /// When its next attempt is due, while queued (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<String>,
+    /// After this it is not attempted again (RFC 3339).
+    pub expires_at: String,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The submitter's idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The request as it is delivered: method and path.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Payload size in bytes.
+    pub body_bytes: u64,
+    /// The payload as text when it is UTF-8 (only in single-invocation answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The payload in base64 when it is not UTF-8 (only in single-invocation answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// Every attempt over its life, oldest first (only in single-invocation answers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_list: Vec<AsyncAttempt>,
+}
+
+/// One attempt at an async invocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AsyncAttempt {
+    /// 1-based over the invocation's life.
+    pub attempt: u32,
+    /// The invocation record of this attempt; its logs are under this id.
+    pub invocation_id: String,
+    /// The revision that ran it.
+    pub revision: u64,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// `ok`, or the error code it failed with.
+    pub outcome: String,
+    /// HTTP status answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Its log lines.
+    #[serde(default)]
+    pub logs: Vec<LogLine>,
+}
+
+/// `GET /_nubo/api/v1/invocations/{id}`: a recorded invocation with its logs, or an async
+/// invocation with its attempts (and each attempt's logs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationDetail {
+    /// The invocation record (absent for an async invocation: its attempts have records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<InvocationRecord>,
+    /// Log lines of the record.
+    #[serde(default)]
+    pub logs: Vec<LogLine>,
+    /// The async invocation, when the id is one.
+    #[serde(default, rename = "async", skip_serializing_if = "Option::is_none")]
+    pub async_invocation: Option<AsyncInvocation>,
+}
+
+/// `GET /_nubo/api/v1/apps/{app}/async` and `GET …/dlq`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AsyncList {
+    /// The app.
+    pub app: String,
+    /// Invocations, newest first (without payloads and attempts).
+    pub invocations: Vec<AsyncInvocation>,
+}
+
+/// `POST /_nubo/api/v1/apps/{app}/dlq/redrive`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RedriveRequest {
+    /// The failed invocations to queue again; absent means all of the app's.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+}
+
+/// Answer of a redrive or purge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DlqChange {
+    /// The app.
+    pub app: String,
+    /// Ids queued again (redrive).
+    #[serde(default)]
+    pub redriven: Vec<String>,
+    /// How many were deleted (purge).
+    #[serde(default)]
+    pub purged: u64,
+}

@@ -41,7 +41,77 @@ fn defaults_apply() {
     let f = &m.functions["f"];
     assert_eq!(f.memory, limits::DEFAULT_FUNCTION_MEMORY);
     assert_eq!(f.timeout_ms, limits::DEFAULT_FUNCTION_TIMEOUT_MS);
+    assert_eq!(f.concurrency, ConcurrencySpec::default());
+    assert_eq!(f.concurrency.max_concurrency, 100);
+    assert!(!f.concurrency.reserve);
+    assert_eq!(f.concurrency.queue_depth, 100);
+    assert_eq!(f.concurrency.queue_timeout(), Duration::from_secs(10));
     assert!(m.routes.is_empty());
+}
+
+#[test]
+fn concurrency_settings_parse() {
+    let m = parse(
+        "[app]\nname = \"a\"\n[function.f]\nsource = \"f.wasm\"\nmax_concurrency = 5\nreserve = true\nqueue_depth = 0\nqueue_timeout = \"250ms\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        m.functions["f"].concurrency,
+        ConcurrencySpec {
+            max_concurrency: 5,
+            reserve: true,
+            queue_depth: 0,
+            queue_timeout_ms: 250,
+        }
+    );
+}
+
+#[test]
+fn retry_settings_parse_inline_or_as_a_table() {
+    let m = parse(
+        "[app]\nname = \"a\"\n[function.f]\nsource = \"f.wasm\"\nretry = { max_attempts = 5, max_age = \"1h\", backoff = \"100ms\" }\n[function.g]\nsource = \"g.wasm\"\n[function.g.retry]\nmax_attempts = 1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        m.functions["f"].retry,
+        RetrySpec {
+            max_attempts: 5,
+            max_age_ms: 3_600_000,
+            backoff_ms: 100,
+        }
+    );
+    assert_eq!(m.functions["g"].retry.max_attempts, 1);
+    assert_eq!(
+        m.functions["g"].retry.backoff_ms,
+        limits::DEFAULT_RETRY_BACKOFF_MS
+    );
+}
+
+#[test]
+fn destinations_name_other_functions() {
+    let m = parse(
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\non_success = \"function:audit\"\non_failure = \"alert\"\n[function.audit]\nsource = \"b.wasm\"\n[function.alert]\nsource = \"c.wasm\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        m.functions["api"].destinations,
+        DestinationSpec {
+            on_success: Some("audit".into()),
+            on_failure: Some("alert".into()),
+        }
+    );
+    assert_eq!(
+        m.functions["audit"].destinations,
+        DestinationSpec::default()
+    );
+}
+
+#[test]
+fn specs_stored_before_concurrency_settings_read_as_defaults() {
+    let json = r#"{"runtime":"wasm","source":"f.wasm","build":null,"workdir":null,"memory":1,"timeout_ms":1,"max_request_body":1,"env":{}}"#;
+    let spec: FunctionSpec = serde_json::from_str(json).unwrap();
+    assert_eq!(spec.concurrency, ConcurrencySpec::default());
+    assert_eq!(spec.retry, RetrySpec::default());
 }
 
 /// (case, manifest, expected line, fragments the message must contain)
@@ -137,6 +207,99 @@ const BROKEN: &[(&str, &str, usize, &[&str])] = &[
         "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nenv = { \"1X\" = \"y\" }\n",
         5,
         &["env key \"1X\""],
+    ),
+    (
+        "concurrency typo",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nmax_concurency = 5\n",
+        5,
+        &[
+            "unknown key \"max_concurency\"",
+            "did you mean \"max_concurrency\"",
+        ],
+    ),
+    (
+        "zero max_concurrency",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nmax_concurrency = 0\n",
+        5,
+        &[
+            "[function.api] max_concurrency 0 is out of range",
+            "from 1 to 100000",
+        ],
+    ),
+    (
+        "max_concurrency as a string",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nmax_concurrency = \"5\"\n",
+        5,
+        &["invalid type", "[function.api]"],
+    ),
+    (
+        "reserve not a bool",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nreserve = \"yes\"\n",
+        5,
+        &["invalid type", "boolean"],
+    ),
+    (
+        "negative queue_depth",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nqueue_depth = -1\n",
+        5,
+        &["queue_depth -1 is out of range", "0 (no waiting) to 10000"],
+    ),
+    (
+        "queue_timeout too long",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nqueue_timeout = \"2m\"\n",
+        5,
+        &["queue_timeout 2m is out of range", "60s"],
+    ),
+    (
+        "retry attempts zero",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nretry = { max_attempts = 0 }\n",
+        5,
+        &[
+            "retry.max_attempts 0 is out of range",
+            "1 (no retries) to 100",
+        ],
+    ),
+    (
+        "retry backoff too long",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[function.api.retry]\nbackoff = \"2h\"\n",
+        6,
+        &["retry.backoff 2h is out of range", "1h"],
+    ),
+    (
+        "retry unknown key",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[function.api.retry]\nmax_atempts = 2\n",
+        6,
+        &[
+            "unknown key \"max_atempts\"",
+            "did you mean \"max_attempts\"",
+        ],
+    ),
+    (
+        "destination names an unknown function",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\non_failure = \"alert\"\n[function.notify]\nsource = \"n.wasm\"\n",
+        5,
+        &[
+            "[function.api] on_failure points to unknown function \"alert\"",
+            "notify",
+        ],
+    ),
+    (
+        "destination is the function itself",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\non_success = \"function:api\"\n",
+        5,
+        &["names the function itself"],
+    ),
+    (
+        "queue destination",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\non_failure = \"queue:errors\"\n",
+        5,
+        &["queue destinations are not available yet"],
+    ),
+    (
+        "queue_timeout without unit",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nqueue_timeout = \"5\"\n",
+        5,
+        &["no unit", "\"5s\""],
     ),
 ];
 

@@ -55,6 +55,9 @@ pub fn spec(memory: u64, timeout_ms: u64, env: &[(&str, &str)]) -> FunctionSpec 
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        concurrency: Default::default(),
+        retry: Default::default(),
+        destinations: Default::default(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Test guest `echo`: streams the request body back and exposes request details, env vars, chunked output and logging to tests.
 //!
-//! Every response is 200 and carries `x-echo-method`, `x-echo-path` (path with query, as the
+//! Every response but `/flaky`'s failures is 200 and carries `x-echo-method`, `x-echo-path` (path with query, as the
 //! guest saw it) and, when the env var `NUBO_TEST_VAR` is set, `x-env` with its value. The
 //! router's `nubo-param-id` and `nubo-path-info` headers come back as `x-param-id` and
 //! `x-path-info`.
@@ -9,6 +9,9 @@
 //! - `GET …/sleep?ms=N`: waits N ms (a host timer, not a busy loop), then answers `slept N ms`.
 //! - `GET …/logs?n=N`: prints `line 0` … `line N-1` to stdout and `stderr line` to stderr, then
 //!   answers `logged N`.
+//! - `… …/flaky?fail=N` (any method): prints `flaky attempt A` (A from the `nubo-async-attempt`
+//!   header, 0 when absent) and answers 500 `failing attempt A` while A ≤ N, else 200
+//!   `succeeded on attempt A`: a function that fails its first N async attempts.
 //! - anything else: the request body is read chunk by chunk and each chunk is written back as it
 //!   arrives (no buffering of the whole body). The request's `content-type` is copied.
 
@@ -64,6 +67,24 @@ impl wasi::exports::http::incoming_handler::Guest for Echo {
             let ms = query_u64(&path, "ms").unwrap_or(0);
             wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
             stream_response(response_out, headers, |out| write_chunk(out, format!("slept {ms} ms").as_bytes()));
+        } else if route.ends_with("/flaky") {
+            headers.push(("content-type".into(), b"text/plain".to_vec()));
+            let fail = query_u64(&path, "fail").unwrap_or(0);
+            let attempt = request
+                .headers()
+                .get("nubo-async-attempt")
+                .into_iter()
+                .next()
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            println!("flaky attempt {attempt}");
+            let (status, text) = if attempt <= fail {
+                (500, format!("failing attempt {attempt}"))
+            } else {
+                (200, format!("succeeded on attempt {attempt}"))
+            };
+            respond_with_status(response_out, headers, status, text.as_bytes());
         } else if is_get && route.ends_with("/logs") {
             headers.push(("content-type".into(), b"text/plain".to_vec()));
             let n = query_u64(&path, "n").unwrap_or(1);
@@ -112,6 +133,22 @@ fn stream_response(
     ResponseOutparam::set(response_out, Ok(response));
     let mut out = body.write().expect("the stream is taken once");
     let result = write(&mut out);
+    drop(out);
+    match result {
+        Ok(()) => OutgoingBody::finish(body, None).expect("finish the body"),
+        Err(message) => eprintln!("echo: {message}"),
+    }
+}
+
+/// Sends a whole response with `status`.
+fn respond_with_status(response_out: ResponseOutparam, headers: Vec<(String, Vec<u8>)>, status: u16, bytes: &[u8]) {
+    let fields = Fields::from_list(&headers).expect("valid headers");
+    let response = OutgoingResponse::new(fields);
+    response.set_status_code(status).expect("a valid status");
+    let body = response.body().expect("the body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    let mut out = body.write().expect("the stream is taken once");
+    let result = write_chunk(&mut out, bytes);
     drop(out);
     match result {
         Ok(()) => OutgoingBody::finish(body, None).expect("finish the body"),

@@ -1,0 +1,123 @@
+//! Destinations of async invocations: a record of each finished async invocation goes to
+//! another function of the app, and destination deliveries never trigger destinations.
+
+use crate::support::*;
+use std::time::Duration;
+
+/// The async invocations of `function` in app `app`, newest first.
+fn async_of(s: &Server, app: &str, function: &str) -> Vec<serde_json::Value> {
+    s.api(&format!(
+        "/_nubo/api/v1/apps/{app}/async?function={function}"
+    ))["invocations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) for `function` to have an async invocation in state `state`; returns its
+/// detail.
+fn settled(s: &Server, app: &str, function: &str, state: &str) -> serde_json::Value {
+    let id = eventually(Duration::from_secs(20), || {
+        async_of(s, app, function)
+            .into_iter()
+            .find(|i| i["state"] == state)
+            .and_then(|i| i["id"].as_str().map(str::to_string))
+    });
+    s.api(&format!("/_nubo/api/v1/invocations/{id}"))["async"].clone()
+}
+
+#[test]
+fn outcome_records_go_to_the_destination_functions() {
+    let s = Server::start();
+    let manifest = format!(
+        "[app]\nname = \"dest\"\n\n\
+         [function.api]\nsource = \"{echo}\"\non_success = \"audit\"\n\n\
+         [function.broken]\nsource = \"{trap}\"\non_failure = \"function:audit\"\n\
+         retry = {{ max_attempts = 2, backoff = \"20ms\" }}\n\n\
+         [function.audit]\nsource = \"{echo}\"\non_success = \"api\"\n\n\
+         [[route]]\npath = \"/dest/api\"\nfunction = \"api\"\n\n\
+         [[route]]\npath = \"/dest/broken\"\nfunction = \"broken\"\n",
+        echo = guest("echo").display(),
+        trap = guest("trap").display()
+    );
+    let dir = app_dir(&manifest);
+    s.ok(&["deploy", "--no-build", dir.path().to_str().unwrap()]);
+
+    let ok = http(
+        s.addr,
+        "POST",
+        "/dest/api",
+        &[
+            ("nubo-invocation-type", "event"),
+            ("content-type", "application/json"),
+        ],
+        br#"{"order":42}"#,
+    );
+    assert_eq!(ok.status, 202, "{}", ok.text());
+    let ok_id = ok.json()["invocation_id"].as_str().unwrap().to_string();
+    let audit = settled(&s, "dest", "audit", "succeeded");
+    let record: serde_json::Value =
+        serde_json::from_str(audit["body"].as_str().expect("a JSON record")).unwrap();
+    assert_eq!(record["requestContext"]["requestId"], ok_id.as_str());
+    assert_eq!(record["requestContext"]["condition"], "Success");
+    assert_eq!(record["requestPayload"]["order"], 42);
+    assert_eq!(record["responseContext"]["statusCode"], 200);
+    assert_eq!(audit["method"], "POST");
+
+    let bad = http(
+        s.addr,
+        "POST",
+        "/dest/broken",
+        &[("nubo-invocation-type", "event")],
+        b"not json",
+    );
+    assert_eq!(bad.status, 202, "{}", bad.text());
+    let bad_id = bad.json()["invocation_id"].as_str().unwrap().to_string();
+    let record = eventually(Duration::from_secs(20), || {
+        async_of(&s, "dest", "audit")
+            .into_iter()
+            .filter(|i| i["state"] == "succeeded")
+            .filter_map(|i| {
+                let d = s.api(&format!(
+                    "/_nubo/api/v1/invocations/{}",
+                    i["id"].as_str().unwrap()
+                ))["async"]
+                    .clone();
+                serde_json::from_str::<serde_json::Value>(d["body"].as_str()?).ok()
+            })
+            .find(|r| r["requestContext"]["requestId"] == bad_id.as_str())
+    });
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 2);
+    assert_eq!(record["requestPayload"], "not json");
+    assert!(
+        record["responsePayload"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("trapped"),
+        "{record}"
+    );
+
+    // audit's own on_success (to api) is not followed for destination deliveries: api ran
+    // once, for the request above, and never for a record.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(async_of(&s, "dest", "api").len(), 1);
+    assert_eq!(async_of(&s, "dest", "audit").len(), 2);
+}
+
+#[test]
+fn bad_destinations_are_refused_at_deploy() {
+    let s = Server::start();
+    let manifest = format!(
+        "[app]\nname = \"dest\"\n\n[function.api]\nsource = \"{}\"\non_failure = \"alert\"\n",
+        guest("echo").display()
+    );
+    let dir = app_dir(&manifest);
+    let out = s.nubo(&["deploy", "--no-build", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("on_failure points to unknown function \"alert\""),
+        "{err}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Destinations of async invocations: a record of each finished async invocation goes to
-//! another function of the app, and destination deliveries never trigger destinations.
+//! another function of the app, and destination deliveries never trigger destinations; an async
+//! request cannot be pinned to a revision.
 
 use crate::support::*;
 use std::time::Duration;
@@ -120,4 +121,27 @@ fn bad_destinations_are_refused_at_deploy() {
         err.contains("on_failure points to unknown function \"alert\""),
         "{err}"
     );
+}
+
+#[test]
+fn an_async_request_cannot_be_pinned_to_a_revision() {
+    let s = Server::start();
+    let dir = guest_app("pin", "api", &guest("echo"), "", &["/pin/..."]);
+    s.ok(&["deploy", "--no-build", dir.path().to_str().unwrap()]);
+    for (path, headers) in [
+        ("/pin/x", vec![("nubo-revision", "1")]),
+        ("/_rev/1/pin/x", vec![]),
+    ] {
+        let mut h = headers;
+        h.push(("nubo-invocation-type", "event"));
+        let e = http(s.addr, "POST", path, &h, b"").assert_error(400, "bad_request");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be pinned"),
+            "{e}"
+        );
+    }
+    assert!(async_of(&s, "pin", "api").is_empty(), "nothing was queued");
 }

@@ -215,10 +215,12 @@ impl Gateway {
                 None,
             );
         }
-        let pending = events.pending.load(Ordering::Relaxed);
-        if pending >= events.max_pending {
+        // Take a place in the bound first (atomically), give it back unless a new event is
+        // stored, so concurrent submitters cannot pass the bound together.
+        let place = Place::take(events);
+        if place.over {
             return throttled(format!(
-                "{pending} async invocations are waiting, the most this server holds (--max-async-queue {}); retry later",
+                "{} async invocations are waiting, the most this server holds (--max-async-queue); retry later",
                 events.max_pending
             ));
         }
@@ -323,7 +325,7 @@ impl Gateway {
                 .flatten()
                 .map_or(EventState::Queued, |(e, _)| e.state)
         } else {
-            events.pending.fetch_add(1, Ordering::Relaxed);
+            place.keep();
             events.wake.notify_one();
             EventState::Queued
         };
@@ -358,6 +360,36 @@ impl Gateway {
             events.ended();
         }
         Ok(state.map(|(s, _)| s))
+    }
+}
+
+/// A place in the bound on pending async invocations, given back on drop unless kept.
+struct Place<'a> {
+    events: &'a Events,
+    over: bool,
+    kept: bool,
+}
+
+impl<'a> Place<'a> {
+    fn take(events: &'a Events) -> Place<'a> {
+        let before = events.pending.fetch_add(1, Ordering::Relaxed);
+        Place {
+            events,
+            over: before >= events.max_pending,
+            kept: false,
+        }
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.events.ended();
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use crate::http;
 use crate::report::{micros, rps};
 use anyhow::{bail, ensure};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -246,23 +246,12 @@ pub fn describe(secs: u64) -> String {
     )
 }
 
-/// One request on a keep-alive connection (connecting when needed): status and body.
+/// One request on a keep-alive connection: the status and the body.
 fn exchange(
     conn: &mut Option<BufReader<TcpStream>>,
     addr: SocketAddr,
     asynchronous: bool,
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    use std::io::{Error, ErrorKind};
-    if conn.is_none() {
-        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
-        s.set_nodelay(true)?;
-        *conn = Some(BufReader::new(s));
-    }
-    let Some(c) = conn.as_mut() else {
-        return Err(Error::other("not connected"));
-    };
     let mut req = format!(
         "POST {PATH} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
         BODY.len()
@@ -273,66 +262,8 @@ fn exchange(
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(BODY);
-    c.get_mut().write_all(&bytes)?;
-    let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
-    let mut line = String::new();
-    if c.read_line(&mut line)? == 0 {
-        return Err(Error::new(
-            ErrorKind::UnexpectedEof,
-            "closed before a response",
-        ));
-    }
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let (mut length, mut chunked, mut close) = (None, false, false);
-    loop {
-        line.clear();
-        c.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let Some((k, v)) = l.split_once(':') else {
-            return Err(bad("bad header line"));
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        match k.as_str() {
-            "content-length" => length = v.parse::<usize>().ok(),
-            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
-            "connection" => close = v.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            c.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                line.clear();
-                c.read_line(&mut line)?;
-                break;
-            }
-            let start = body.len();
-            body.resize(start + size + 2, 0);
-            c.read_exact(&mut body[start..])?;
-            body.truncate(start + size);
-        }
-    } else if let Some(n) = length {
-        body.resize(n, 0);
-        c.read_exact(&mut body)?;
-    } else {
-        return Err(bad("a response without a length"));
-    }
-    if close {
-        *conn = None;
-    }
-    Ok((status, body))
+    let r = http::keep_alive(conn, addr, &bytes, IO_TIMEOUT)?;
+    Ok((r.status, r.body))
 }
 
 fn invocation_id(body: &[u8]) -> Option<String> {

@@ -5,7 +5,7 @@
 use crate::http;
 use crate::report::{micros, rps};
 use anyhow::{Context as _, bail};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -202,83 +202,16 @@ pub fn phase(addr: SocketAddr, clients: usize, rate: f64, secs: u64) -> Phase {
     total
 }
 
-/// One request on a keep-alive connection (connecting when needed); the status and whether a
-/// `Retry-After` header came with it.
+/// One request on a keep-alive connection: the status and whether a `Retry-After` header came
+/// with it.
 fn exchange(
     conn: &mut Option<BufReader<TcpStream>>,
     addr: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, bool)> {
-    use std::io::{Error, ErrorKind};
-    if conn.is_none() {
-        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
-        s.set_nodelay(true)?;
-        *conn = Some(BufReader::new(s));
-    }
-    let Some(c) = conn.as_mut() else {
-        return Err(Error::other("not connected"));
-    };
-    c.get_mut()
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
-    let mut line = String::new();
-    if c.read_line(&mut line)? == 0 {
-        return Err(Error::new(
-            ErrorKind::UnexpectedEof,
-            "closed before a response",
-        ));
-    }
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let (mut length, mut chunked, mut retry_after, mut close) = (None, false, false, false);
-    loop {
-        line.clear();
-        c.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let Some((k, v)) = l.split_once(':') else {
-            return Err(bad("bad header line"));
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        match k.as_str() {
-            "content-length" => length = v.parse::<usize>().ok(),
-            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
-            "retry-after" => retry_after = true,
-            "connection" => close = v.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-    if chunked {
-        loop {
-            line.clear();
-            c.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                line.clear();
-                c.read_line(&mut line)?;
-                break;
-            }
-            let mut skip = vec![0u8; size + 2];
-            c.read_exact(&mut skip)?;
-        }
-    } else if let Some(n) = length {
-        let mut skip = vec![0u8; n];
-        c.read_exact(&mut skip)?;
-    } else {
-        return Err(bad("a response without a length"));
-    }
-    if close {
-        *conn = None;
-    }
-    Ok((status, retry_after))
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let r = http::keep_alive(conn, addr, req.as_bytes(), IO_TIMEOUT)?;
+    Ok((r.status, r.retry_after))
 }
 
 /// The trickle, then the burst.

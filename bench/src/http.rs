@@ -159,6 +159,102 @@ pub fn deploy(
     Ok(())
 }
 
+/// An answer read by [`keep_alive`].
+pub struct KeptAlive {
+    /// The status code.
+    pub status: u16,
+    /// Whether a `Retry-After` header came with it.
+    pub retry_after: bool,
+    /// The body (chunked bodies joined).
+    pub body: Vec<u8>,
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) on a keep-alive connection, connecting when
+/// `conn` is empty, and reads the answer. The connection is dropped when the server closes it.
+pub fn keep_alive(
+    conn: &mut Option<std::io::BufReader<TcpStream>>,
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> std::io::Result<KeptAlive> {
+    use std::io::{BufRead as _, Error, ErrorKind};
+    if conn.is_none() {
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.set_nodelay(true)?;
+        *conn = Some(std::io::BufReader::new(s));
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err(Error::other("not connected"));
+    };
+    c.get_mut().write_all(request)?;
+    let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
+    let mut line = String::new();
+    if c.read_line(&mut line)? == 0 {
+        return Err(Error::new(
+            ErrorKind::UnexpectedEof,
+            "closed before a response",
+        ));
+    }
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let (mut length, mut chunked, mut retry_after, mut close) = (None, false, false, false);
+    loop {
+        line.clear();
+        c.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let Some((k, v)) = l.split_once(':') else {
+            return Err(bad("bad header line"));
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        match k.as_str() {
+            "content-length" => length = v.parse::<usize>().ok(),
+            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+            "retry-after" => retry_after = true,
+            "connection" => close = v.eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            c.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+            if size == 0 {
+                line.clear();
+                c.read_line(&mut line)?;
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size + 2, 0);
+            c.read_exact(&mut body[start..])?;
+            body.truncate(start + size);
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        c.read_exact(&mut body)?;
+    } else {
+        return Err(bad("a response without a length"));
+    }
+    if close {
+        *conn = None;
+    }
+    Ok(KeptAlive {
+        status,
+        retry_after,
+        body,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

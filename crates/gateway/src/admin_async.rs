@@ -63,7 +63,7 @@ pub(crate) async fn invocation(
     let mut wire = to_wire(&event, true);
     for a in &attempts {
         let mut w = attempt_to_wire(a);
-        if let Some((_, logs)) = g.control.invocation(a.invocation_id.clone()).await? {
+        if let Some((_, logs)) = g.control.invocation(a.result.invocation_id.clone()).await? {
             w.logs = logs;
         }
         wire.attempt_list.push(w);

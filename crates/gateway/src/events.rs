@@ -163,9 +163,10 @@ pub(crate) fn to_wire(e: &Event, detail: bool) -> AsyncInvocation {
 }
 
 /// The wire form of an attempt (logs filled in by the caller).
-pub(crate) fn attempt_to_wire(a: &nubo_control::Attempt) -> AsyncAttempt {
+pub(crate) fn attempt_to_wire(stored: &nubo_control::Attempt) -> AsyncAttempt {
+    let a = &stored.result;
     AsyncAttempt {
-        attempt: a.attempt,
+        attempt: stored.attempt,
         invocation_id: a.invocation_id.clone(),
         revision: a.revision,
         started_at: rfc3339(a.started_at),

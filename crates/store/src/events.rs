@@ -156,25 +156,13 @@ pub struct Event {
     pub last_error: Option<String>,
 }
 
-/// One attempt at an event.
+/// One stored attempt at an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     /// 1-based, over the event's whole life (a redriven event's attempts continue the count).
     pub attempt: u32,
-    /// The invocation record of this attempt (its logs hang off it).
-    pub invocation_id: String,
-    /// The revision that ran it.
-    pub revision: u64,
-    /// When it started.
-    pub started_at: SystemTime,
-    /// How long it ran.
-    pub duration_ms: u64,
-    /// `ok`, or the failure's outcome name.
-    pub outcome: String,
-    /// The HTTP status answered, if any.
-    pub status: Option<u16>,
-    /// What went wrong, if anything.
-    pub error: Option<String>,
+    /// How it went.
+    pub result: AttemptResult,
 }
 
 /// How an attempt went, as the worker reports it (the store numbers it).
@@ -655,13 +643,15 @@ impl Store {
             .query_map([id], |row| {
                 Ok(Attempt {
                     attempt: u32::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                    invocation_id: row.get(1)?,
-                    revision: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-                    started_at: time::from_millis(row.get(3)?),
-                    duration_ms: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
-                    outcome: row.get(5)?,
-                    status: row.get(6)?,
-                    error: row.get(7)?,
+                    result: AttemptResult {
+                        invocation_id: row.get(1)?,
+                        revision: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                        started_at: time::from_millis(row.get(3)?),
+                        duration_ms: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+                        outcome: row.get(5)?,
+                        status: row.get(6)?,
+                        error: row.get(7)?,
+                    },
                 })
             })
             .map_err(db(doing))?

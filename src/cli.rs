@@ -43,6 +43,26 @@ pub struct ServerArgs {
     /// are answered 429 `throttled` with Retry-After.
     #[arg(long, env = "NUBO_MAX_ASYNC_QUEUE", default_value_t = nubo_gateway::DEFAULT_MAX_PENDING, value_parser = parse_at_least_one_u64)]
     pub max_async_queue: u64,
+    /// Whether process functions' workers run in the sandbox (own namespaces, read-only code,
+    /// private /tmp, unprivileged user, memory and process caps). `off` runs them as plain
+    /// child processes: for development on machines where the sandbox cannot be set up.
+    #[arg(long, env = "NUBO_SANDBOX", default_value = "on", value_parser = parse_on_off)]
+    pub sandbox: bool,
+    /// Let process functions that ask for `network = "host"` share the server's network.
+    #[arg(long, env = "NUBO_ALLOW_HOST_NETWORK")]
+    pub allow_host_network: bool,
+    /// A host path mounted read-only at the same place inside every process sandbox (for a
+    /// language runtime installed outside /usr); repeat for more.
+    #[arg(long = "sandbox-ro", value_name = "PATH")]
+    pub sandbox_readonly: Vec<PathBuf>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        other => Err(format!("{other:?} is neither \"on\" nor \"off\"")),
+    }
 }
 
 fn parse_at_least_one(s: &str) -> Result<u32, String> {

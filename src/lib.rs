@@ -2,6 +2,7 @@
 //! and the embedded server built as `ServerConfig → Server::build → Server::run`, so tests and
 //! `nubo up` run exactly what `nubo server` runs.
 
+mod archive;
 pub mod cli;
 mod client;
 mod commands;

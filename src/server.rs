@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use nubo_control::Control;
 use nubo_gateway::{AdminAuth, Gateway, GatewayConfig};
+use nubo_runtime::sandbox::SandboxPolicy;
 use nubo_runtime::{CompileWorker, RuntimeConfig, WasmRuntime};
 use nubo_store::Store;
 use std::future::Future;
@@ -34,6 +35,12 @@ pub struct ServerConfig {
     pub max_concurrency: u32,
     /// Most async invocations waiting or running; past it, async submissions get 429.
     pub max_async_queue: u64,
+    /// Whether process function workers are sandboxed.
+    pub sandbox: bool,
+    /// Whether process functions may share the host's network.
+    pub allow_host_network: bool,
+    /// Host paths mounted read-only inside every process sandbox.
+    pub sandbox_readonly: Vec<PathBuf>,
 }
 
 /// The default state directory: `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
@@ -78,6 +85,33 @@ impl Server {
         );
         let exe =
             std::env::current_exe().context("finding the nubo executable for compile workers")?;
+        let sandbox = SandboxPolicy {
+            enabled: config.sandbox,
+            launcher: exe.clone(),
+            allow_host_network: config.allow_host_network,
+            readonly_paths: config.sandbox_readonly.clone(),
+            ..SandboxPolicy::new(config.data_dir.join("sandbox"))
+                .context("finding the nubo executable for process workers")?
+        };
+        std::fs::create_dir_all(&sandbox.scratch_dir).with_context(|| {
+            format!(
+                "creating the sandbox directory {}",
+                sandbox.scratch_dir.display()
+            )
+        })?;
+        // Checked once so a host that cannot sandbox says so at start, not at the first
+        // request; wasm functions run either way.
+        let probe_policy = sandbox.clone();
+        match tokio::task::spawn_blocking(move || nubo_runtime::sandbox::probe(&probe_policy))
+            .await
+            .context("probing the process sandbox")?
+        {
+            Ok(support) if support.enabled => tracing::info!("process functions: {support}"),
+            Ok(support) => tracing::warn!("process functions: {support}"),
+            Err(e) => tracing::warn!(
+                "process functions cannot run on this host: {e}; run nubo as root for the sandbox, or start it with --sandbox off (development only)"
+            ),
+        }
         let runtime = Arc::new(
             WasmRuntime::new(RuntimeConfig {
                 compile_worker: Some(CompileWorker {
@@ -85,6 +119,8 @@ impl Server {
                     args: vec!["__compile-worker".into()],
                 }),
                 max_concurrency: config.max_concurrency,
+                code_dir: config.data_dir.join("code"),
+                sandbox,
                 ..RuntimeConfig::default()
             })
             .context("starting the wasm runtime")?,

@@ -69,7 +69,11 @@ pub(crate) async fn show(id: &str, json: bool) -> anyhow::Result<ExitCode> {
             );
             println!("  started:   {}", r.started_at);
             println!("  duration:  {}µs", r.duration_us);
-            println!("  start:     {}", if r.cold { "cold" } else { "warm" });
+            match (r.cold, r.init_ms) {
+                (true, Some(ms)) => println!("  start:     cold (worker started in {ms} ms)"),
+                (true, None) => println!("  start:     cold"),
+                (false, _) => println!("  start:     warm"),
+            }
             println!("  bytes:     {} in, {} out", r.bytes_in, r.bytes_out);
             print_logs(&detail.logs, "");
             if r.logs_truncated {

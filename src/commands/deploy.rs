@@ -8,7 +8,7 @@ use http::{HeaderValue, Method, header};
 use http_body_util::{BodyExt, StreamBody};
 use nubo_control::{BundleWriter, FUNCTION_PART_PREFIX, MANIFEST_PART};
 use nubo_core::api::v1::DeployResponse;
-use nubo_core::manifest::{self, Manifest};
+use nubo_core::manifest::{self, Manifest, Runtime};
 use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,11 @@ pub(crate) async fn deploy_dir_with(
     bundle.part(MANIFEST_PART, text.as_bytes());
     for (name, f) in &m.functions {
         let path = dir.join(&f.source);
+        if f.runtime == Runtime::Process {
+            let code = crate::archive::process_code(name, &path)?;
+            bundle.part(&format!("{FUNCTION_PART_PREFIX}{name}"), &code);
+            continue;
+        }
         let code = std::fs::read(&path).with_context(|| {
             let hint = match &f.build {
                 Some(b) if no_build => format!("; run its build command ({b}) or drop --no-build"),

@@ -225,6 +225,8 @@ pub(crate) async fn run(
             );
         }
     }
+    // A process function's handler error: the body is the runtime's own error document.
+    let function_error = resp.headers().contains_key("x-amz-function-error");
     let mut body = resp.into_body();
     let mut out = std::io::stdout();
     let is_error = status.is_client_error() || status.is_server_error();
@@ -243,7 +245,8 @@ pub(crate) async fn run(
         // Nubo's own errors are JSON with a code; a function's own 4xx/5xx passes through.
         let code = serde_json::from_slice::<nubo_core::api::v1::ErrorBody>(&error_bytes)
             .ok()
-            .map(|e| e.error.code);
+            .map(|e| e.error.code)
+            .or_else(|| function_error.then(|| "function_error".to_string()));
         if !error_bytes.ends_with(b"\n") {
             println!();
         }

@@ -16,6 +16,9 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
         keep_revisions: args.keep_revisions,
         max_concurrency: args.max_concurrency,
         max_async_queue: args.max_async_queue,
+        sandbox: args.sandbox,
+        allow_host_network: args.allow_host_network,
+        sandbox_readonly: args.sandbox_readonly.clone(),
     }
 }
 

@@ -7,7 +7,7 @@ use nubo_core::api::v1::{
     DeployResponse, DeployedFunction, RouteInfo, TrafficState, WeightedRevision,
 };
 use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
-use nubo_core::manifest::{self, Manifest, ManifestErrors};
+use nubo_core::manifest::{self, Manifest, ManifestErrors, Runtime};
 use nubo_core::{ErrorCode, RouteError};
 use nubo_store::{
     FunctionCode, NewRevision, RevisionRecord, Store, StoreError, TrafficInstruction, canary_split,
@@ -276,10 +276,11 @@ impl Control {
             let store = self.store.clone();
             let engine = self.engine.clone();
             let fname = name.clone();
+            let runtime = spec.runtime;
             let (digest, artifact, cached, compile_ms) = tokio::task::spawn_blocking(move || {
                 let digest = store.put_blob(&code)?;
                 let (artifact, compile_ms) =
-                    cached_artifact(&store, &*engine, &fname, &digest, || Ok(code))?;
+                    cached_artifact(&store, &*engine, &fname, runtime, &digest, || Ok(code))?;
                 Ok::<_, DeployError>((
                     digest,
                     artifact,
@@ -448,9 +449,10 @@ impl Control {
                     DeployError::Internal(format!("revision has no code for {name}"))
                 })?;
                 // Missing when compiled by another engine version or the cache was cleared.
-                let (artifact, compiled) = cached_artifact(&store, &*engine, name, digest, || {
-                    Ok(store.get_blob(digest)?)
-                })?;
+                let (artifact, compiled) =
+                    cached_artifact(&store, &*engine, name, spec.runtime, digest, || {
+                        Ok(store.get_blob(digest)?)
+                    })?;
                 recompiled += usize::from(compiled.is_some());
                 loads.push(LoadFunction {
                     target: nubo_core::FunctionTarget {
@@ -549,6 +551,9 @@ pub(crate) fn next_state(
     Ok(AppState::new(generation, weighted, staged))
 }
 
+/// Artifact cache key of checked process archives.
+const PROCESS_ARTIFACT_KEY: &str = "process-1";
+
 /// The compiled artifact of the code `digest`: from the cache, or compiled from `code()` and
 /// cached. The second value is the compile time in milliseconds when it was compiled now.
 /// Blocking.
@@ -556,15 +561,21 @@ fn cached_artifact(
     store: &Store,
     engine: &dyn Engine,
     function: &str,
+    runtime: Runtime,
     digest: &str,
     code: impl FnOnce() -> Result<Vec<u8>, DeployError>,
 ) -> Result<(Artifact, Option<u64>), DeployError> {
-    let key = engine.artifact_key();
+    // A process archive's checked form does not depend on the wasm engine; bump the suffix
+    // when the archive checks change so archives cached under older rules are checked again.
+    let key = match runtime {
+        Runtime::Wasm => engine.artifact_key(),
+        Runtime::Process => PROCESS_ARTIFACT_KEY,
+    };
     if store.has_artifact(digest, key) {
         return Ok((Artifact::File(store.artifact_path(digest, key)), None));
     }
     let started = Instant::now();
-    let compiled = engine.compile(function, &code()?)?;
+    let compiled = engine.compile(function, runtime, &code()?)?;
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(function, digest, compile_ms = ms, "compiled function");
     let path = store.put_artifact(digest, key, &compiled)?;

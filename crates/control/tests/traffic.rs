@@ -24,7 +24,12 @@ impl Engine for CountingEngine {
         "test-engine-1"
     }
 
-    fn compile(&self, function: &str, code: &[u8]) -> Result<Vec<u8>, CodeError> {
+    fn compile(
+        &self,
+        function: &str,
+        _runtime: nubo_core::manifest::Runtime,
+        code: &[u8],
+    ) -> Result<Vec<u8>, CodeError> {
         if code.starts_with(b"bad") {
             return Err(CodeError {
                 function: function.to_string(),

@@ -28,6 +28,22 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// How a request reached its function; travels in the request's extensions (set by the
+/// gateway). Process functions get a route's requests as API Gateway events and direct
+/// invocations as their raw payload; wasm functions see the HTTP request either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Through a route of the app.
+    Route,
+    /// Through the invoke endpoint (`nubo invoke`), synchronously or as a queued invocation.
+    Invoke,
+}
+
+/// The address of the client that sent a routed request; travels in the request's
+/// extensions (absent for queued invocations, which have no live client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Which code runs a request: one function of one revision of one app.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FunctionTarget {
@@ -64,6 +80,24 @@ pub enum InvokeError {
     /// The function returned without setting a response.
     #[error("function returned without a response")]
     NoResponse,
+    /// A process function's worker exited during the invocation.
+    #[error("function crashed: {message}")]
+    Crashed {
+        /// How the worker ended and its last log lines.
+        message: String,
+    },
+    /// A process function's runtime failed before it could take the invocation.
+    #[error("function failed to initialize: {message}")]
+    InitFailed {
+        /// The runtime's own error message, or how the worker ended and its last log lines.
+        message: String,
+    },
+    /// A process function's result is not a valid HTTP response.
+    #[error("function returned an invalid response: {message}")]
+    BadResponse {
+        /// What is wrong with it.
+        message: String,
+    },
     /// The target is not loaded (e.g. its revision was removed meanwhile).
     #[error("function {app}/{function} revision {revision} is not loaded")]
     Unavailable {
@@ -94,6 +128,9 @@ impl InvokeError {
             InvokeError::MemoryLimit { .. } => C::MemoryLimitExceeded,
             InvokeError::Trap { .. } => C::FunctionTrap,
             InvokeError::NoResponse => C::FunctionNoResponse,
+            InvokeError::Crashed { .. } => C::FunctionCrashed,
+            InvokeError::InitFailed { .. } => C::FunctionInitFailed,
+            InvokeError::BadResponse { .. } => C::FunctionBadResponse,
             InvokeError::Unavailable { .. } => C::FunctionUnavailable,
             InvokeError::Throttled { .. } => C::Throttled,
             InvokeError::Internal(_) => C::Internal,
@@ -108,6 +145,9 @@ impl InvokeError {
             InvokeError::MemoryLimit { .. } => O::MemoryLimit,
             InvokeError::Trap { .. } => O::Trap,
             InvokeError::NoResponse => O::NoResponse,
+            InvokeError::Crashed { .. } => O::Crashed,
+            InvokeError::InitFailed { .. } => O::InitFailed,
+            InvokeError::BadResponse { .. } => O::BadResponse,
             InvokeError::Throttled { .. } => O::Throttled,
             InvokeError::Unavailable { .. } | InvokeError::Internal(_) => O::Internal,
         }

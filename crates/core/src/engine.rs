@@ -3,7 +3,7 @@
 //! it. Kept here so `nubo-control` never depends on the runtime.
 
 use crate::FunctionTarget;
-use crate::manifest::FunctionSpec;
+use crate::manifest::{FunctionSpec, Runtime};
 use std::path::PathBuf;
 
 /// Why a function's code was refused.
@@ -49,9 +49,10 @@ pub trait Engine: Send + Sync + 'static {
     /// (code digest, this key).
     fn artifact_key(&self) -> &str;
 
-    /// Checks that `code` is an acceptable component and compiles it, bounded in time and
-    /// memory. Blocking: call it off the async runtime.
-    fn compile(&self, function: &str, code: &[u8]) -> Result<Vec<u8>, CodeError>;
+    /// Checks that `code` is acceptable for `runtime` and turns it into the artifact to cache:
+    /// a `wasm` component is compiled, bounded in time and memory; a `process` archive is
+    /// checked (paths, links, sizes) and kept as it is. Blocking: call it off the async runtime.
+    fn compile(&self, function: &str, runtime: Runtime, code: &[u8]) -> Result<Vec<u8>, CodeError>;
 
     /// Makes the functions runnable (pre-instantiates them, checking every import is provided
     /// and the handler is exported). Either every function is loaded or none is. Nothing routes

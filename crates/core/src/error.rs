@@ -40,12 +40,16 @@ error_codes! {
     MemoryLimitExceeded => "memory_limit_exceeded", 500, "the function tried to use more memory than its memory limit";
     FunctionTrap => "function_trap", 500, "the function trapped (a panic, unreachable code or an invalid memory access)";
     FunctionNoResponse => "function_no_response", 500, "the function returned without sending a response";
+    FunctionCrashed => "function_crashed", 500, "the process function's worker exited during the invocation; the message carries its last log lines";
+    FunctionInitFailed => "function_init_failed", 502, "the process function's runtime failed to start (bad handler, import error, crash before its first request)";
+    FunctionError => "function_error", 502, "the process function's handler raised an error; the body is the runtime's error document and x-amz-function-error is set";
+    FunctionBadResponse => "function_bad_response", 502, "the process function's result is not a valid HTTP response (e.g. statusCode is not a number)";
     FunctionUnavailable => "function_unavailable", 503, "the function's code is not loaded on this server";
     Throttled => "throttled", 429, "the function or server is at its concurrency limit; retry after the Retry-After delay";
     ShuttingDown => "shutting_down", 503, "the server is shutting down and takes no new requests";
     BadRequest => "bad_request", 400, "the request is malformed";
     InvalidManifest => "invalid_manifest", 400, "the app's nubo.toml is invalid";
-    InvalidComponent => "invalid_component", 400, "a function's code is not a valid wasi:http component";
+    InvalidComponent => "invalid_component", 400, "a function's code is not a valid wasi:http component or process archive";
     CompileFailed => "compile_failed", 400, "a function's code could not be compiled within the limits";
     AppNotFound => "app_not_found", 404, "no app with that name is deployed";
     FunctionNotFound => "function_not_found", 404, "the app has no function with that name";

@@ -16,7 +16,8 @@ mod time;
 mod units;
 
 pub use dispatch::{
-    Body, BoxError, Dispatch, FunctionTarget, InvokeError, InvokeFuture, empty_body, full_body,
+    Body, BoxError, ClientAddr, Dispatch, Entry, FunctionTarget, InvokeError, InvokeFuture,
+    empty_body, full_body,
 };
 pub use error::ErrorCode;
 pub use ids::{InvocationId, NameError, validate_name};
@@ -40,6 +41,14 @@ pub enum Outcome {
     Trap,
     /// The function returned without producing a response.
     NoResponse,
+    /// A process function's worker exited during the invocation.
+    Crashed,
+    /// A process function's runtime failed to start.
+    InitFailed,
+    /// A process function's handler raised an error (the runtime reported it through `/error`).
+    FunctionError,
+    /// A process function's result was not a valid HTTP response.
+    BadResponse,
     /// The client went away before the function finished.
     Cancelled,
     /// Nubo itself failed while running the function.
@@ -58,6 +67,10 @@ impl Outcome {
             Outcome::MemoryLimit => "memory_limit",
             Outcome::Trap => "trap",
             Outcome::NoResponse => "no_response",
+            Outcome::Crashed => "crashed",
+            Outcome::InitFailed => "init_failed",
+            Outcome::FunctionError => "function_error",
+            Outcome::BadResponse => "bad_response",
             Outcome::Cancelled => "cancelled",
             Outcome::Internal => "internal",
             Outcome::Throttled => "throttled",
@@ -72,6 +85,10 @@ impl Outcome {
             "memory_limit" => Outcome::MemoryLimit,
             "trap" => Outcome::Trap,
             "no_response" => Outcome::NoResponse,
+            "crashed" => Outcome::Crashed,
+            "init_failed" => Outcome::InitFailed,
+            "function_error" => Outcome::FunctionError,
+            "bad_response" => Outcome::BadResponse,
             "cancelled" => Outcome::Cancelled,
             "internal" => Outcome::Internal,
             "throttled" => Outcome::Throttled,

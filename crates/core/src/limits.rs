@@ -30,6 +30,32 @@ pub const MIN_FUNCTION_MEMORY: u64 = 64 * 1024;
 /// Longest `timeout` a function may ask for (as Lambda's 15 minutes).
 pub const MAX_FUNCTION_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
+/// Smallest `memory` a process function may ask for: below this no common language runtime
+/// starts.
+pub const MIN_PROCESS_MEMORY: u64 = 32 * 1024 * 1024;
+
+/// Largest `memory` a process function may ask for (as Lambda's 10,240 MB).
+pub const MAX_PROCESS_MEMORY: u64 = 10 * 1024 * 1024 * 1024;
+
+/// Default `idle_timeout` of a process function's workers: idle workers stop after this, so
+/// functions scale to zero.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+
+/// Longest `idle_timeout`. Bounds how long an unused worker holds memory.
+pub const MAX_IDLE_TIMEOUT_MS: u64 = 24 * 3_600_000;
+
+/// Default size of a process worker's private `/tmp`. Its pages count against the worker's
+/// memory cap, so it stays well under the default `memory`.
+pub const DEFAULT_TMP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest `tmp` (as Lambda's 10,240 MB of ephemeral storage).
+pub const MAX_TMP_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
+/// Most arguments in a process function's `command`, and the longest one in bytes.
+pub const MAX_COMMAND_ARGS: usize = 64;
+/// See [`MAX_COMMAND_ARGS`].
+pub const MAX_COMMAND_ARG_BYTES: usize = 4096;
+
 /// Default function memory limit.
 pub const DEFAULT_FUNCTION_MEMORY: u64 = 128 * 1024 * 1024;
 
@@ -87,3 +113,22 @@ pub const MAX_MAX_EVENT_AGE_MS: u64 = 14 * 24 * 3600 * 1000;
 pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1_000;
 /// Largest `retry.backoff`.
 pub const MAX_RETRY_BACKOFF_MS: u64 = 3600 * 1000;
+
+/// Cap on the unpacked size of a process function's code archive (all entries together, as
+/// their headers declare it and as unpacking enforces it). Bounds the disk one revision can
+/// take; Lambda's own cap on unzipped code is 250 MB.
+pub const MAX_PROCESS_CODE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Cap on the entries (files, folders and links) in one code archive. Bounds the inodes and
+/// the time spent unpacking a deploy; a large `node_modules` holds some tens of thousands.
+pub const MAX_ARCHIVE_ENTRIES: usize = 100_000;
+
+/// Highest unpacked-to-compressed size ratio of a code archive entry, and of the archive as a
+/// whole, once it unpacks to more than [`COMPRESSION_RATIO_FLOOR_BYTES`]. Bounds zip bombs:
+/// real code compresses well under 20:1, a bomb by thousands.
+pub const MAX_COMPRESSION_RATIO: u64 = 200;
+
+/// Unpacked size below which [`MAX_COMPRESSION_RATIO`] is not enforced: small files of
+/// repeated bytes (padding, blank lines) legitimately compress far better than 200:1, and
+/// at this size they cannot fill a disk.
+pub const COMPRESSION_RATIO_FLOOR_BYTES: u64 = 1024 * 1024;

@@ -32,6 +32,18 @@ pub struct Manifest {
 pub enum Runtime {
     /// A WebAssembly component exporting `wasi:http/incoming-handler`.
     Wasm,
+    /// A native program speaking the AWS Lambda Runtime API, run in sandboxed worker processes.
+    Process,
+}
+
+impl Runtime {
+    /// The name used in manifests and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Wasm => "wasm",
+            Runtime::Process => "process",
+        }
+    }
 }
 
 /// One function's code and configuration.
@@ -39,7 +51,8 @@ pub enum Runtime {
 pub struct FunctionSpec {
     /// How it runs.
     pub runtime: Runtime,
-    /// Path of the component, relative to the manifest's directory.
+    /// Path of the code, relative to the manifest's directory: the component (`wasm`), or a
+    /// directory or zip archive (`process`).
     pub source: String,
     /// Shell command that produces `source`, run in `workdir` by `nubo deploy`.
     pub build: Option<String>,
@@ -64,6 +77,65 @@ pub struct FunctionSpec {
     /// Where the outcome of an async invocation of it is sent.
     #[serde(default)]
     pub destinations: DestinationSpec,
+    /// How a `process` function's workers run. Defaults for `wasm` functions.
+    #[serde(default)]
+    pub process: ProcessSpec,
+}
+
+/// Network access of a process function's workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// Only loopback inside the worker's own network namespace (the Runtime API is there).
+    #[default]
+    None,
+    /// The host's network, when the server allows it (`nubo server --allow-host-network`).
+    Host,
+}
+
+/// How a `process` function's workers are started, kept and confined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessSpec {
+    /// The program and its arguments; `None` runs the `bootstrap` executable at the code's root.
+    pub command: Option<Vec<String>>,
+    /// The handler name the runtime reads from `_HANDLER`.
+    pub handler: Option<String>,
+    /// Workers kept running even when idle (provisioned concurrency).
+    pub min_instances: u32,
+    /// How long a worker may stay idle before it is stopped, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Network access.
+    pub network: Network,
+    /// Size of the worker's private `/tmp`, in bytes.
+    pub tmp_bytes: u64,
+}
+
+impl Default for ProcessSpec {
+    fn default() -> Self {
+        ProcessSpec {
+            command: None,
+            handler: None,
+            min_instances: 0,
+            idle_timeout_ms: limits::DEFAULT_IDLE_TIMEOUT_MS,
+            network: Network::None,
+            tmp_bytes: limits::DEFAULT_TMP_BYTES,
+        }
+    }
+}
+
+impl ProcessSpec {
+    /// The argv a worker runs: `command`, or the `bootstrap` at the code's root.
+    pub fn argv(&self) -> Vec<String> {
+        self.command
+            .clone()
+            .unwrap_or_else(|| vec!["./bootstrap".to_string()])
+    }
+
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
 }
 
 /// Functions of the same app that get a record of each finished async invocation: on success,
@@ -224,6 +296,12 @@ struct RawFunction {
     retry: Option<Spanned<RawRetry>>,
     on_success: Option<Spanned<String>>,
     on_failure: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    handler: Option<Spanned<String>>,
+    min_instances: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<HumanDuration>>,
+    network: Option<Spanned<String>>,
+    tmp: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +340,12 @@ const FUNCTION_KEYS: &[&str] = &[
     "retry",
     "on_success",
     "on_failure",
+    "command",
+    "handler",
+    "min_instances",
+    "idle_timeout",
+    "network",
+    "tmp",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "max_age", "backoff"];
 const ROUTE_KEYS: &[&str] = &["path", "function", "methods"];
@@ -428,29 +512,35 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         }
         let f_span = f;
         let f = f.get_ref();
-        if let Some(rt) = &f.runtime {
-            match rt.get_ref().as_str() {
-                "wasm" => {}
-                "process" => errs.push(src.err(
+        let runtime = match f.runtime.as_ref().map(|rt| (rt, rt.get_ref().as_str())) {
+            None | Some((_, "wasm")) => Runtime::Wasm,
+            Some((_, "process")) => Runtime::Process,
+            Some((rt, other)) => {
+                errs.push(src.err(
                     rt,
-                    format!("{at} runtime \"process\" is not available in this version of Nubo: build the function as a wasi:http component and use runtime \"wasm\""),
-                )),
-                other => errs.push(src.err(
-                    rt,
-                    format!("{at} unknown runtime {other:?}: use \"wasm\""),
-                )),
+                    format!("{at} unknown runtime {other:?}: use \"wasm\" (a wasi:http component) or \"process\" (a program speaking the Lambda Runtime API)"),
+                ));
+                Runtime::Wasm
             }
-        }
+        };
+        let example = match runtime {
+            Runtime::Wasm => format!(
+                "the component's path, like source = \"target/wasm32-wasip2/release/{fname}.wasm\""
+            ),
+            Runtime::Process => {
+                format!("the folder or .zip holding the function's code, like source = \"{fname}\"")
+            }
+        };
         let source = match &f.source {
             Some(s) if !s.get_ref().trim().is_empty() => s.get_ref().clone(),
             Some(s) => {
-                errs.push(src.err(s, format!("{at} source is empty: set it to the component's path, like \"target/wasm32-wasip2/release/{fname}.wasm\"")));
+                errs.push(src.err(s, format!("{at} source is empty: set it to {example}")));
                 String::new()
             }
             None => {
                 errs.push(src.err(
                     f_span,
-                    format!("{at} is missing `source`: set it to the component's path, like source = \"target/wasm32-wasip2/release/{fname}.wasm\""),
+                    format!("{at} is missing `source`: set it to {example}"),
                 ));
                 String::new()
             }
@@ -458,9 +548,19 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         let memory = match &f.memory {
             Some(m) => {
                 let v = m.get_ref().0;
-                if !(limits::MIN_FUNCTION_MEMORY..=limits::MAX_FUNCTION_MEMORY).contains(&v) {
+                let (range, words) = match runtime {
+                    Runtime::Wasm => (
+                        limits::MIN_FUNCTION_MEMORY..=limits::MAX_FUNCTION_MEMORY,
+                        "64KiB to 4GiB",
+                    ),
+                    Runtime::Process => (
+                        limits::MIN_PROCESS_MEMORY..=limits::MAX_PROCESS_MEMORY,
+                        "32MiB to 10GiB",
+                    ),
+                };
+                if !range.contains(&v) {
                     errs.push(src.err(m, format!(
-                        "{at} memory {} is out of range: use a value from 64KiB to 4GiB, like \"128MiB\"",
+                        "{at} memory {} is out of range: use a value from {words}, like \"128MiB\"",
                         m.get_ref()
                     )));
                 }
@@ -506,6 +606,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         }
         let concurrency = concurrency(src, &at, f, &mut errs);
         let retry = retry(src, &at, f, &mut errs);
+        let process = process(src, &at, runtime, f, concurrency, &mut errs);
         let mut env = BTreeMap::new();
         let mut env_bytes = 0;
         for (k, v) in &f.env {
@@ -532,7 +633,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         functions.insert(
             fname,
             FunctionSpec {
-                runtime: Runtime::Wasm,
+                runtime,
                 source,
                 build: f.build.clone(),
                 workdir: f.workdir.clone(),
@@ -543,6 +644,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 concurrency,
                 retry,
                 destinations: DestinationSpec::default(),
+                process,
             },
         );
     }
@@ -643,6 +745,108 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         errs.sort_by_key(|e| e.line.unwrap_or(0));
         Err(ManifestErrors(errs))
     }
+}
+
+/// The process settings of one `[function.*]` table, defaults filled in; refused on a `wasm`
+/// function, where they would silently mean nothing.
+fn process(
+    src: &Src<'_>,
+    at: &str,
+    runtime: Runtime,
+    f: &RawFunction,
+    concurrency: ConcurrencySpec,
+    errs: &mut Vec<ManifestError>,
+) -> ProcessSpec {
+    let mut spec = ProcessSpec::default();
+    if runtime == Runtime::Wasm {
+        let given = [
+            ("command", f.command.as_ref().map(|s| s.span())),
+            ("handler", f.handler.as_ref().map(|s| s.span())),
+            ("min_instances", f.min_instances.as_ref().map(|s| s.span())),
+            ("idle_timeout", f.idle_timeout.as_ref().map(|s| s.span())),
+            ("network", f.network.as_ref().map(|s| s.span())),
+            ("tmp", f.tmp.as_ref().map(|s| s.span())),
+        ];
+        for (key, span) in given {
+            if let Some(span) = span {
+                errs.push(ManifestError {
+                    line: Some(src.line(span.start)),
+                    message: format!("{at} {key} applies only to runtime \"process\": remove it, or set runtime = \"process\" if this function is a native program"),
+                });
+            }
+        }
+        return spec;
+    }
+    if let Some(c) = &f.command {
+        let argv = c.get_ref();
+        if argv.is_empty() || argv[0].trim().is_empty() {
+            errs.push(src.err(c, format!("{at} command is empty: give the program and its arguments, like [\"python3\", \"-m\", \"awslambdaric\", \"app.handler\"], or remove it to run ./bootstrap")));
+        } else if argv.len() > limits::MAX_COMMAND_ARGS
+            || argv
+                .iter()
+                .any(|a| a.len() > limits::MAX_COMMAND_ARG_BYTES || a.contains('\0'))
+        {
+            errs.push(src.err(c, format!("{at} command is too long or holds a NUL byte: at most {} arguments of {} bytes", limits::MAX_COMMAND_ARGS, limits::MAX_COMMAND_ARG_BYTES)));
+        } else {
+            spec.command = Some(argv.clone());
+        }
+    }
+    if let Some(h) = &f.handler {
+        let v = h.get_ref();
+        if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
+            errs.push(src.err(
+                h,
+                format!("{at} handler must be 1 to 128 printable characters, like \"app.handler\""),
+            ));
+        } else {
+            spec.handler = Some(v.clone());
+        }
+    }
+    if let Some(n) = &f.min_instances {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if v <= concurrency.max_concurrency => spec.min_instances = v,
+            _ => errs.push(src.err(n, format!(
+                "{at} min_instances {} is out of range: use a whole number from 0 to max_concurrency ({})",
+                n.get_ref(),
+                concurrency.max_concurrency
+            ))),
+        }
+    }
+    if let Some(t) = &f.idle_timeout {
+        let ms = u64::try_from(t.get_ref().0.as_millis()).unwrap_or(u64::MAX);
+        if !(1_000..=limits::MAX_IDLE_TIMEOUT_MS).contains(&ms) {
+            errs.push(src.err(t, format!(
+                "{at} idle_timeout {} is out of range: use a value from 1s to 24h, like \"60s\"",
+                t.get_ref()
+            )));
+        } else {
+            spec.idle_timeout_ms = ms;
+        }
+    }
+    if let Some(n) = &f.network {
+        match n.get_ref().as_str() {
+            "none" => spec.network = Network::None,
+            "host" => spec.network = Network::Host,
+            other => errs.push(src.err(n, format!(
+                "{at} network {other:?} is not known: use \"none\" (loopback only, the default) or \"host\" (needs `nubo server --allow-host-network`)"
+            ))),
+        }
+    }
+    if let Some(t) = &f.tmp {
+        let v = t.get_ref().0;
+        if !(1024 * 1024..=limits::MAX_TMP_BYTES).contains(&v) {
+            errs.push(src.err(
+                t,
+                format!(
+                    "{at} tmp {} is out of range: use a value from 1MiB to 10GiB, like \"64MiB\"",
+                    t.get_ref()
+                ),
+            ));
+        } else {
+            spec.tmp_bytes = v;
+        }
+    }
+    spec
 }
 
 /// The concurrency settings of one `[function.*]` table, defaults filled in.

@@ -546,6 +546,10 @@ async fn invoke(
             .get(&function)
             .map(|f| f.retry)
             .unwrap_or_default();
+        parts.headers.insert(
+            crate::events::ENTRY_HEADER,
+            http::HeaderValue::from_static("invoke"),
+        );
         let resp = g.submit_event(&target, retry, max_body, parts, body).await;
         return Ok(resp.map(axum::body::Body::new));
     }

@@ -11,7 +11,7 @@ use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nubo_control::LiveApp;
-use nubo_core::{Body, BoxError, ErrorCode, FunctionTarget, InvocationId};
+use nubo_core::{Body, BoxError, Entry, ErrorCode, FunctionTarget, InvocationId};
 use nubo_telemetry::{Invocation, InvocationMeta};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -278,8 +278,19 @@ impl Gateway {
         let exceeded = Arc::new(AtomicBool::new(false));
         let body =
             LimitedBody::new(body, max_body, exceeded.clone(), Some(inv.clone())).boxed_unsync();
+        let mut parts = parts;
+        let stored_invoke = parts
+            .headers
+            .remove(crate::events::ENTRY_HEADER)
+            .is_some_and(|v| v == "invoke");
+        let entry = if trigger == "invoke" || stored_invoke {
+            Entry::Invoke
+        } else {
+            Entry::Route
+        };
         let mut req = Request::from_parts(parts, body);
         req.extensions_mut().insert(inv.clone());
+        req.extensions_mut().insert(entry);
 
         let result = self.dispatch.invoke(target, req).await;
         let mut resp = match result {

@@ -40,6 +40,10 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 pub const ASYNC_ID_HEADER: &str = "nubo-async-id";
 /// Header telling a function which attempt this is (1-based, within the current round).
 pub const ASYNC_ATTEMPT_HEADER: &str = "nubo-async-attempt";
+/// Stored with an async invocation submitted through the invoke endpoint, so its attempts reach
+/// a process function as the raw payload, like a synchronous `nubo invoke`. Never taken from
+/// clients: the gateway removes it from every request it receives.
+pub(crate) const ENTRY_HEADER: &str = "nubo-entry";
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 /// Default bound on async invocations waiting or running, server-wide (`--max-async-queue`).

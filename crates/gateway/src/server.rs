@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use nubo_control::{Control, EventWriter};
-use nubo_core::{Body, Dispatch, ErrorCode};
+use nubo_core::{Body, ClientAddr, Dispatch, ErrorCode};
 use nubo_telemetry::RecordSink;
 use std::convert::Infallible;
 use std::future::Future;
@@ -167,11 +167,18 @@ impl Gateway {
         Ok(())
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
+        // Only the gateway itself marks how an invocation entered.
+        req.headers_mut().remove(crate::events::ENTRY_HEADER);
         let path = req.uri().path();
         if path == "/_nubo" || path.starts_with("/_nubo/") {
             return self.admin(req, remote).await;
         }
+        req.extensions_mut().insert(ClientAddr(remote));
         crate::data::route(&self, req).await
     }
 

@@ -14,6 +14,9 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
 /// enforced with this granularity and CPU-bound guests yield to other requests this often.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Region process functions see unless configured: there is no AWS region behind Nubo.
+pub const DEFAULT_REGION: &str = "local";
+
 /// Default wall-clock limit on compiling one component. Bounds deploy time spent on hostile or
 /// pathological code (huge functions, deep nesting).
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,6 +82,13 @@ pub struct RuntimeConfig {
     /// The command that compiles in a separate process; `None` compiles on the calling thread,
     /// without time or memory bounds (tests).
     pub compile_worker: Option<CompileWorker>,
+    /// Where process functions' code is unpacked, one directory per code digest (under the
+    /// data directory for `nubo server`).
+    pub code_dir: PathBuf,
+    /// How process function workers are confined.
+    pub sandbox: crate::sandbox::SandboxPolicy,
+    /// The region process functions see (`AWS_REGION`, their ARN).
+    pub region: String,
 }
 
 impl Default for RuntimeConfig {
@@ -90,8 +100,26 @@ impl Default for RuntimeConfig {
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             compile_memory_limit: DEFAULT_COMPILE_MEMORY_LIMIT,
             compile_worker: None,
+            code_dir: std::env::temp_dir().join("nubo-code"),
+            sandbox: default_sandbox(),
+            region: DEFAULT_REGION.to_owned(),
         }
     }
+}
+
+/// The sandbox on, re-executing this program as its launcher, state under the temp dir.
+/// `nubo server` sets its own (launcher: the `nubo` binary, state under the data dir).
+fn default_sandbox() -> crate::sandbox::SandboxPolicy {
+    let scratch = std::env::temp_dir().join("nubo-sandbox");
+    crate::sandbox::SandboxPolicy::new(scratch.clone()).unwrap_or(crate::sandbox::SandboxPolicy {
+        enabled: true,
+        launcher: PathBuf::from("nubo"),
+        uid: 65_534,
+        gid: 65_534,
+        allow_host_network: false,
+        readonly_paths: Vec::new(),
+        scratch_dir: scratch,
+    })
 }
 
 /// A program that runs [`compile_worker_main`](crate::compile_worker_main): the `nubo` binary

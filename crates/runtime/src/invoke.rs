@@ -44,11 +44,17 @@ impl Dispatch for WasmRuntime {
                     invoke(loaded, request, permit).await
                 })
             }
-            None => Box::pin(std::future::ready(Err(InvokeError::Unavailable {
-                app: target.app.to_string(),
-                function: target.function.to_string(),
-                revision: target.revision,
-            }))),
+            None => match self.process.get(target) {
+                Some(function) => Box::pin(async move {
+                    let permit = function.limit.acquire().await?;
+                    crate::process::invoke(function, request, permit).await
+                }),
+                None => Box::pin(std::future::ready(Err(InvokeError::Unavailable {
+                    app: target.app.to_string(),
+                    function: target.function.to_string(),
+                    revision: target.revision,
+                }))),
+            },
         }
     }
 

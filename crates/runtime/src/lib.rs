@@ -18,12 +18,14 @@ mod config;
 mod host;
 mod invoke;
 mod limits;
+mod process;
 mod runtime;
+pub mod sandbox;
 mod worker;
 
 pub use config::{
     CompileWorker, DEFAULT_COMPILE_MEMORY_LIMIT, DEFAULT_COMPILE_TIMEOUT, DEFAULT_EPOCH_TICK,
-    DEFAULT_MAX_INSTANCES, RuntimeConfig,
+    DEFAULT_MAX_INSTANCES, DEFAULT_REGION, RuntimeConfig,
 };
 pub use runtime::{RuntimeError, WasmRuntime};
 pub use worker::{EXIT_REFUSED, compile_worker_main};

@@ -8,6 +8,7 @@ use crate::limits::{FunctionLimit, Limiter};
 use crate::worker;
 use arc_swap::ArcSwap;
 use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
+use nubo_core::manifest::Runtime;
 use nubo_core::{ErrorCode, FunctionTarget};
 use sha2::Digest;
 use std::collections::HashMap;
@@ -70,7 +71,9 @@ pub struct WasmRuntime {
     /// the same code share one `Component`: its code mapping and copy-on-write memory image
     /// exist once, not once per function. Only touched on load and retain.
     components: Mutex<HashMap<PathBuf, Component>>,
-    /// Concurrency limits per function and server-wide.
+    /// Loaded process functions (native programs speaking the Lambda Runtime API).
+    pub(crate) process: crate::process::Functions,
+    /// Concurrency limits per function and server-wide; wasm and process functions alike.
     pub(crate) limits: Limiter,
     artifact_key: String,
     config: RuntimeConfig,
@@ -84,6 +87,7 @@ impl std::fmt::Debug for WasmRuntime {
             .field("artifact_key", &self.artifact_key)
             .field("pooling", &self.pooling)
             .field("functions", &self.functions.load().len())
+            .field("process_functions", &self.process.len())
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +121,11 @@ impl WasmRuntime {
             functions: ArcSwap::from_pointee(HashMap::new()),
             publish: Mutex::new(()),
             components: Mutex::new(HashMap::new()),
+            process: crate::process::Functions::new(
+                config.sandbox.clone(),
+                config.code_dir.clone(),
+                config.region.clone(),
+            ),
             limits: Limiter::new(config.max_concurrency),
             artifact_key,
             config,
@@ -132,7 +141,7 @@ impl WasmRuntime {
 
     /// Whether `target` is loaded.
     pub fn is_loaded(&self, target: &FunctionTarget) -> bool {
-        self.functions.load().contains_key(target)
+        self.functions.load().contains_key(target) || self.process.get(target).is_some()
     }
 
     fn load_one(
@@ -222,7 +231,12 @@ impl Engine for WasmRuntime {
         &self.artifact_key
     }
 
-    fn compile(&self, function: &str, code: &[u8]) -> Result<Vec<u8>, CodeError> {
+    fn compile(&self, function: &str, runtime: Runtime, code: &[u8]) -> Result<Vec<u8>, CodeError> {
+        if runtime == Runtime::Process {
+            // The archive itself is the artifact: checked now, unpacked at load.
+            crate::process::check(function, code)?;
+            return Ok(code.to_vec());
+        }
         match &self.config.compile_worker {
             Some(command) => worker::compile(command, &self.config, function, code),
             None => {
@@ -247,20 +261,36 @@ impl Engine for WasmRuntime {
             .map(|f| (f.target.clone(), f.spec.concurrency))
             .collect();
         let registration = self.limits.register(&settings)?;
-        let loaded = functions
-            .into_iter()
-            .zip(registration.limits)
-            .map(|(f, limit)| self.load_one(f, limit))
-            .collect::<Result<Vec<_>, _>>();
-        let loaded = match loaded {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                self.limits.unregister(registration.previous);
-                self.prune_components();
-                return Err(e);
+        let handle = tokio::runtime::Handle::try_current();
+        let mut wasm = Vec::new();
+        let mut process = Vec::new();
+        let mut failed = None;
+        for (f, limit) in functions.into_iter().zip(registration.limits) {
+            let loaded = match f.spec.runtime {
+                Runtime::Wasm => self.load_one(f, limit).map(|l| wasm.push(l)),
+                Runtime::Process => match &handle {
+                    Ok(_) => self.process.prepare(f, limit).map(|l| process.push(l)),
+                    Err(_) => Err(code_error(
+                        &f.target.function,
+                        ErrorCode::Internal,
+                        "process functions can only be loaded inside the server's async runtime",
+                    )),
+                },
+            };
+            if let Err(e) = loaded {
+                failed = Some(e);
+                break;
             }
-        };
-        self.update(|map| map.extend(loaded));
+        }
+        if let Some(e) = failed {
+            self.limits.unregister(registration.previous);
+            self.prune_components();
+            return Err(e);
+        }
+        if let (Ok(handle), false) = (&handle, process.is_empty()) {
+            self.process.publish(process, handle);
+        }
+        self.update(|map| map.extend(wasm));
         Ok(())
     }
 
@@ -268,6 +298,7 @@ impl Engine for WasmRuntime {
         self.update(|map| {
             map.retain(|target, _| &*target.app != app || keep.contains(&target.revision));
         });
+        self.process.retain(app, keep);
         self.limits.retain(app, keep);
         self.prune_components();
     }

@@ -6,6 +6,7 @@ mod guest;
 
 use nubo_core::ErrorCode;
 use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
+use nubo_core::manifest::Runtime;
 use nubo_core::{FunctionTarget, InvokeError};
 use nubo_runtime::{RuntimeConfig, WasmRuntime};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ fn runtime() -> WasmRuntime {
 }
 
 fn refused(code: &[u8]) -> CodeError {
-    match runtime().compile("api", code) {
+    match runtime().compile("api", Runtime::Wasm, code) {
         Ok(_) => panic!("compile accepted bad code"),
         Err(e) => e,
     }
@@ -146,7 +147,9 @@ fn reports_a_mismatched_import_type() {
 #[test]
 fn compiles_and_loads_a_real_component() {
     let rt = runtime();
-    let artifact = rt.compile("api", guest::wasm()).expect("compile the guest");
+    let artifact = rt
+        .compile("api", Runtime::Wasm, guest::wasm())
+        .expect("compile the guest");
     let target = FunctionTarget {
         app: "shop".into(),
         function: "api".into(),
@@ -163,7 +166,9 @@ fn compiles_and_loads_a_real_component() {
 
 #[test]
 fn artifacts_load_in_another_runtime_and_from_files() {
-    let artifact = runtime().compile("api", guest::wasm()).expect("compile");
+    let artifact = runtime()
+        .compile("api", Runtime::Wasm, guest::wasm())
+        .expect("compile");
     let dir = std::env::temp_dir().join(format!("nubo-runtime-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("api.cwasm");
@@ -188,7 +193,9 @@ fn artifacts_load_in_another_runtime_and_from_files() {
 #[test]
 fn load_is_all_or_nothing() {
     let rt = runtime();
-    let artifact = rt.compile("api", guest::wasm()).expect("compile");
+    let artifact = rt
+        .compile("api", Runtime::Wasm, guest::wasm())
+        .expect("compile");
     let good = FunctionTarget {
         app: "shop".into(),
         function: "api".into(),

@@ -7,6 +7,7 @@ mod guest;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use nubo_core::engine::{Artifact, Engine, LoadFunction};
+use nubo_core::manifest::Runtime;
 use nubo_core::manifest::{ConcurrencySpec, FunctionSpec};
 use nubo_core::{Body, Dispatch, FunctionTarget, InvokeError, Outcome};
 use nubo_runtime::{RuntimeConfig, WasmRuntime};
@@ -28,7 +29,7 @@ fn artifact() -> Arc<Vec<u8>> {
             })
             .expect("runtime");
             Arc::new(
-                rt.compile("guest", guest::wasm())
+                rt.compile("guest", Runtime::Wasm, guest::wasm())
                     .expect("compile the guest"),
             )
         })

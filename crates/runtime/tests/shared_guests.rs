@@ -10,6 +10,7 @@ use guest::spec;
 use http_body_util::BodyExt;
 use nubo_core::engine::{Artifact, Engine, LoadFunction};
 use nubo_core::manifest::FunctionSpec;
+use nubo_core::manifest::Runtime;
 use nubo_core::{Body, FunctionTarget, InvokeError, Outcome};
 use nubo_runtime::{RuntimeConfig, WasmRuntime};
 use nubo_telemetry::{FinishedInvocation, Stream};
@@ -69,7 +70,7 @@ fn load(path: &Path, spec: FunctionSpec) -> Loaded {
     })
     .expect("runtime");
     let code = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let artifact = rt.compile("guest", &code).expect("compile");
+    let artifact = rt.compile("guest", Runtime::Wasm, &code).expect("compile");
     let target = FunctionTarget {
         app: "app".into(),
         function: "guest".into(),

@@ -7,6 +7,7 @@ mod guest;
 
 use nubo_core::ErrorCode;
 use nubo_core::engine::{Artifact, Engine, LoadFunction};
+use nubo_core::manifest::Runtime;
 use nubo_core::{Dispatch, FunctionTarget};
 use nubo_runtime::{CompileWorker, RuntimeConfig, WasmRuntime};
 use std::process::ExitCode;
@@ -67,7 +68,7 @@ fn runtime(configure: impl FnOnce(&mut RuntimeConfig)) -> WasmRuntime {
 fn worker_artifacts_load_and_run() {
     let rt = runtime(|_| {});
     let artifact = rt
-        .compile("api", guest::wasm())
+        .compile("api", Runtime::Wasm, guest::wasm())
         .expect("the worker compiles the guest");
     let target = FunctionTarget {
         app: "app".into(),
@@ -106,7 +107,9 @@ fn worker_refusals_keep_their_code_and_message() {
         r#"(component (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "open" (func)))))"#,
     )
     .expect("WAT");
-    let e = rt.compile("api", &code).expect_err("refused");
+    let e = rt
+        .compile("api", Runtime::Wasm, &code)
+        .expect_err("refused");
     assert_eq!(e.code, ErrorCode::InvalidComponent);
     assert_eq!(e.function, "api");
     assert!(
@@ -117,7 +120,7 @@ fn worker_refusals_keep_their_code_and_message() {
 
     let full = guest::wasm();
     let e = rt
-        .compile("api", &full[..full.len() / 3])
+        .compile("api", Runtime::Wasm, &full[..full.len() / 3])
         .expect_err("refused");
     assert_eq!(e.code, ErrorCode::InvalidComponent);
     assert!(e.message.starts_with("is not a valid component"), "{e}");
@@ -130,14 +133,18 @@ fn bad_headers_are_refused_without_a_worker() {
             args: Vec::new(),
         });
     });
-    let e = rt.compile("api", b"plain text").expect_err("refused");
+    let e = rt
+        .compile("api", Runtime::Wasm, b"plain text")
+        .expect_err("refused");
     assert_eq!(e.code, ErrorCode::InvalidComponent);
     assert!(e.message.contains("bad magic number"), "{e}");
 }
 
 fn slow_compiles_are_stopped() {
     let rt = runtime(|c| c.compile_timeout = Duration::from_millis(1));
-    let e = rt.compile("api", guest::wasm()).expect_err("stopped");
+    let e = rt
+        .compile("api", Runtime::Wasm, guest::wasm())
+        .expect_err("stopped");
     assert_eq!(e.code, ErrorCode::CompileFailed);
     assert!(
         e.message.contains("compilation took longer than 0.001s"),
@@ -147,7 +154,9 @@ fn slow_compiles_are_stopped() {
 
 fn memory_hungry_compiles_are_stopped() {
     let rt = runtime(|c| c.compile_memory_limit = 8 * 1024 * 1024);
-    let e = rt.compile("api", guest::wasm()).expect_err("stopped");
+    let e = rt
+        .compile("api", Runtime::Wasm, guest::wasm())
+        .expect_err("stopped");
     assert_eq!(e.code, ErrorCode::CompileFailed);
     assert!(e.message.contains("compile memory limit of 8 MiB"), "{e}");
 }
@@ -159,7 +168,9 @@ fn a_missing_worker_is_an_internal_error() {
             args: Vec::new(),
         });
     });
-    let e = rt.compile("api", guest::wasm()).expect_err("no worker");
+    let e = rt
+        .compile("api", Runtime::Wasm, guest::wasm())
+        .expect_err("no worker");
     assert_eq!(e.code, ErrorCode::Internal);
     assert!(e.message.contains("cannot start the compile worker"), "{e}");
 }
@@ -171,7 +182,9 @@ fn a_worker_answering_garbage_is_refused() {
             args: vec!["-c".into(), "cat >/dev/null; echo garbage".into()],
         });
     });
-    let e = rt.compile("api", guest::wasm()).expect_err("refused");
+    let e = rt
+        .compile("api", Runtime::Wasm, guest::wasm())
+        .expect_err("refused");
     assert_eq!(e.code, ErrorCode::Internal);
     assert!(e.message.contains("not a compiled component"), "{e}");
 }

@@ -24,6 +24,7 @@ pub fn invocation_record(fin: &FinishedInvocation) -> InvocationRecord {
         outcome: fin.outcome.as_str().to_string(),
         status: fin.status,
         cold: fin.cold,
+        init_ms: fin.init_ms,
         bytes_in: fin.bytes_in,
         bytes_out: fin.bytes_out,
         logs_truncated: fin.logs_truncated,
@@ -31,7 +32,7 @@ pub fn invocation_record(fin: &FinishedInvocation) -> InvocationRecord {
 }
 
 const INVOCATION_COLUMNS: &str = "id, app, function, revision, trigger, started_at_us, \
-     duration_us, outcome, status, cold, bytes_in, bytes_out, logs_truncated";
+     duration_us, outcome, status, cold, bytes_in, bytes_out, logs_truncated, init_ms";
 
 const LOG_COLUMNS: &str = "cursor, invocation_id, app, function, time_us, stream, line";
 
@@ -61,6 +62,7 @@ fn invocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord>
         bytes_in: unsigned(row.get(10)?),
         bytes_out: unsigned(row.get(11)?),
         logs_truncated: row.get(12)?,
+        init_ms: row.get::<_, Option<i64>>(13)?.map(unsigned),
     })
 }
 

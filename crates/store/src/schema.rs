@@ -171,8 +171,14 @@ CREATE TABLE event_attempts (
 ) WITHOUT ROWID;
 ";
 
+/// Version 5: the cold-start duration of process function workers (spawn to first request for
+/// work), on the invocation that waited for it.
+const V5: &str = "
+ALTER TABLE invocations ADD COLUMN init_ms INTEGER;
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -61,6 +61,7 @@ fn finished(
         outcome: Outcome::Ok,
         status: Some(200),
         cold: true,
+        init_ms: None,
         bytes_in: 5,
         bytes_out: 7,
         logs: lines
@@ -132,7 +133,7 @@ fn open_creates_a_private_data_dir_with_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 }
 
 #[test]

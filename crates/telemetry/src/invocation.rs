@@ -66,8 +66,11 @@ pub struct FinishedInvocation {
     pub outcome: Outcome,
     /// The HTTP status answered, if any.
     pub status: Option<u16>,
-    /// First instantiation of this function on this server.
+    /// First instantiation of this function on this server (wasm), or served by a worker
+    /// started for it (process).
     pub cold: bool,
+    /// Cold-start duration of a process function's worker: spawn to its first request for work.
+    pub init_ms: Option<u64>,
     /// Request body bytes read by the function.
     pub bytes_in: u64,
     /// Response body bytes sent.
@@ -206,6 +209,8 @@ struct Inner {
     /// HTTP status answered; 0 until known.
     status: std::sync::atomic::AtomicU16,
     cold: AtomicBool,
+    /// `u64::MAX` until known.
+    init_ms: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     logs: Mutex<LogBuf>,
@@ -227,6 +232,7 @@ impl Invocation {
             end: Mutex::new(None),
             status: std::sync::atomic::AtomicU16::new(0),
             cold: AtomicBool::new(false),
+            init_ms: AtomicU64::new(u64::MAX),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             logs: Mutex::new(LogBuf::default()),
@@ -247,6 +253,14 @@ impl Invocation {
     /// Marks the invocation as a cold start.
     pub fn set_cold(&self, cold: bool) {
         self.0.cold.store(cold, Ordering::Relaxed);
+    }
+
+    /// Records the cold-start duration of the worker that served it (spawn to its first
+    /// request for work), in milliseconds.
+    pub fn set_init_ms(&self, ms: u64) {
+        self.0
+            .init_ms
+            .store(ms.min(u64::MAX - 1), Ordering::Relaxed);
     }
 
     /// Counts request body bytes.
@@ -319,6 +333,10 @@ impl Drop for Inner {
             outcome,
             status,
             cold: self.cold.load(Ordering::Relaxed),
+            init_ms: match self.init_ms.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                ms => Some(ms),
+            },
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             logs_truncated: logs.truncated,

@@ -99,8 +99,13 @@ pub struct InvocationRecord {
     pub outcome: String,
     /// HTTP status answered, if any.
     pub status: Option<u16>,
-    /// Whether this was the first instantiation of the function on this server.
+    /// Whether it was cold: the first instantiation of a wasm function on this server, or
+    /// served by a process worker started for it.
     pub cold: bool,
+    /// A cold process invocation's worker start-up time (spawn to its first request for
+    /// work), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_ms: Option<u64>,
     /// Request body bytes.
     pub bytes_in: u64,
     /// Response body bytes.

@@ -197,10 +197,40 @@ const BROKEN: &[(&str, &str, usize, &[&str])] = &[
         &["invalid app name", "lowercase"],
     ),
     (
-        "process runtime not yet",
-        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nruntime = \"process\"\n",
+        "unknown runtime",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nruntime = \"docker\"\n",
         5,
-        &["not available", "\"wasm\""],
+        &["unknown runtime \"docker\"", "\"process\""],
+    ),
+    (
+        "process keys on a wasm function",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nmin_instances = 2\n",
+        5,
+        &["min_instances applies only to runtime \"process\""],
+    ),
+    (
+        "empty command",
+        "[app]\nname = \"a\"\n[function.api]\nruntime = \"process\"\nsource = \"f\"\ncommand = []\n",
+        6,
+        &["command is empty", "./bootstrap"],
+    ),
+    (
+        "unknown network",
+        "[app]\nname = \"a\"\n[function.api]\nruntime = \"process\"\nsource = \"f\"\nnetwork = \"bridge\"\n",
+        6,
+        &["network \"bridge\"", "--allow-host-network"],
+    ),
+    (
+        "min_instances over max_concurrency",
+        "[app]\nname = \"a\"\n[function.api]\nruntime = \"process\"\nsource = \"f\"\nmax_concurrency = 2\nmin_instances = 3\n",
+        7,
+        &["min_instances 3 is out of range", "max_concurrency (2)"],
+    ),
+    (
+        "process memory too small",
+        "[app]\nname = \"a\"\n[function.api]\nruntime = \"process\"\nsource = \"f\"\nmemory = \"1MiB\"\n",
+        6,
+        &["32MiB to 10GiB"],
     ),
     (
         "bad env key",

@@ -58,6 +58,7 @@ pub fn spec(memory: u64, timeout_ms: u64, env: &[(&str, &str)]) -> FunctionSpec 
         concurrency: Default::default(),
         retry: Default::default(),
         destinations: Default::default(),
+        process: Default::default(),
     }
 }
 

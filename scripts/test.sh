@@ -25,6 +25,9 @@ step "guest components"
 bash tests/guests/build.sh
 bash tests/js-guest/build.sh
 
+step "process test functions"
+bash tests/process/build.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -14,5 +14,7 @@ mod e2e {
     mod lifecycle;
     mod limits;
     mod logs;
+    mod process;
+    mod sandbox;
     mod traffic;
 }

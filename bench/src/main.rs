@@ -8,6 +8,7 @@ mod asynchronous;
 mod burst;
 mod http;
 mod machine;
+mod process;
 mod procs;
 mod report;
 mod wrk;
@@ -122,6 +123,9 @@ struct Plan {
     trickle_secs: u64,
     burst_secs: u64,
     async_secs: u64,
+    /// Process functions: cold starts per runtime, and warm requests per function.
+    process_cold: usize,
+    process_warm: usize,
 }
 
 impl Plan {
@@ -139,6 +143,8 @@ impl Plan {
                 trickle_secs: 2,
                 burst_secs: 3,
                 async_secs: 2,
+                process_cold: 3,
+                process_warm: 100,
             }
         } else {
             Plan {
@@ -153,6 +159,8 @@ impl Plan {
                 trickle_secs: 5,
                 burst_secs: 5,
                 async_secs: 5,
+                process_cold: 5,
+                process_warm: 500,
             }
         }
     }
@@ -288,6 +296,7 @@ fn run() -> anyhow::Result<()> {
     b.profile(perf_target, opts.no_perf);
     b.burst(perf_target);
     b.asynchronous(perf_target);
+    b.process(perf_target);
 
     // Start-up and memory run on fresh processes.
     let mut nubo_proc = None;
@@ -881,6 +890,43 @@ impl Bench {
                 self.rep
                     .block("`GET /_nubo/api/v1/metrics` after the burst (shortened):");
                 self.rep.code(&metrics);
+            }
+            Err(e) => self.rep.block(&format!("Not measured: {e:#}.")),
+        }
+    }
+
+    /// The process scenario (see `process.rs`) against the Nubo server: cold start and warm
+    /// latency of Python and Rust functions speaking the Lambda Runtime API, next to the wasm
+    /// hello. A failure is reported, not fatal.
+    fn process(&mut self, target: Option<&Target>) {
+        self.rep
+            .heading("Process functions: cold start and warm latency");
+        let Some(t) = target else {
+            self.rep
+                .block("Not measured: Nubo was not measured in this run.");
+            return;
+        };
+        let (cold, warm) = (self.plan.process_cold, self.plan.process_warm);
+        let measured = (|| -> anyhow::Result<Rows> {
+            progress("process: building tests/process (pip, npm and cargo when not yet done)");
+            process::build(&self.root, &self.log("process-build"))?;
+            progress("process: deploying the Python and Rust functions");
+            let dir = self.tmp.path().join("process-app");
+            process::deploy(&self.root, &self.nubo_bin(), t.addr, &dir, cold)?;
+            progress(&format!(
+                "process: {cold} cold starts per runtime, then {warm} warm requests each"
+            ));
+            let wasm = process::measure_wasm(t.addr, HELLO_PATH, warm)?;
+            let figures = process::measure_process(t.addr, cold, warm)?;
+            let wasm_p50 = asynchronous::percentile(&wasm.warm_us, 0.5);
+            let mut rows = vec![wasm.row(None)];
+            rows.extend(figures.iter().map(|f| f.row(wasm_p50)));
+            Ok(rows)
+        })();
+        match measured {
+            Ok(rows) => {
+                self.rep.table(&process::HEADERS, &rows);
+                self.rep.block(&process::describe(cold, warm));
             }
             Err(e) => self.rep.block(&format!("Not measured: {e:#}.")),
         }

@@ -550,3 +550,72 @@ pub fn guest_app(
     }
     app_dir(&m)
 }
+
+/// Path of a process-runtime test function folder under `tests/process/` (`rel` like
+/// "python/app"), running `tests/process/build.sh` once per test run when `marker`, a file the
+/// build produces inside that folder, is missing.
+pub fn process_fn(rel: &str, marker: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = root().join("tests/process").join(rel);
+    if !dir.join(marker).exists() {
+        BUILT.get_or_init(|| {
+            let status = Command::new("bash")
+                .arg(root().join("tests/process/build.sh"))
+                .env_remove("CARGO_TARGET_DIR")
+                .stdout(Stdio::null())
+                .status()
+                .expect("running tests/process/build.sh");
+            assert!(status.success(), "tests/process/build.sh failed");
+        });
+    }
+    assert!(
+        dir.join(marker).exists(),
+        "process test function {rel} not built: {} is missing (run bash tests/process/build.sh)",
+        dir.join(marker).display()
+    );
+    dir
+}
+
+/// Invokes APP/FUNCTION through the admin invoke endpoint with `payload` as the raw event.
+pub fn invoke(s: &Server, app: &str, function: &str, payload: &[u8]) -> Resp {
+    http(
+        s.addr,
+        "POST",
+        &format!("/_nubo/api/v1/apps/{app}/functions/{function}/invoke"),
+        &[("content-type", "application/json")],
+        payload,
+    )
+}
+
+/// Every value of a response header (case-insensitive name), in order.
+pub fn header_values<'a>(r: &'a Resp, name: &str) -> Vec<&'a str> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// Pids of host processes whose command line contains `needle`.
+pub fn pids_running(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}

@@ -101,6 +101,15 @@ impl<B> MeteredBody<B> {
     }
 }
 
+impl<B> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        // The client went away (or the body was never polled to its end).
+        if let Some(inv) = self.invocation.take() {
+            inv.response_done();
+        }
+    }
+}
+
 impl<B> HttpBody for MeteredBody<B>
 where
     B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
@@ -122,7 +131,9 @@ where
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 // End of the response: release the invocation so its record is written now.
-                this.invocation = None;
+                if let Some(inv) = this.invocation.take() {
+                    inv.response_done();
+                }
             }
             Poll::Pending => {}
         }

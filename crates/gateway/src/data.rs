@@ -319,6 +319,7 @@ impl Gateway {
                     e.code()
                 };
                 inv.finish(e.outcome(), Some(code.status()));
+                inv.response_done();
                 tracing::debug!(invocation = %id, app = %target.app, function = %target.function, error = %e, "invocation failed");
                 let mut r = error_response(code, e.to_string(), Some(id));
                 if let nubo_core::InvokeError::Throttled { retry_after_secs } = e

@@ -211,6 +211,8 @@ struct Inner {
     cold: AtomicBool,
     /// `u64::MAX` until known.
     init_ms: AtomicU64,
+    /// Microseconds from `start` to the end of the response, plus one; 0 until marked.
+    response_end_us: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     logs: Mutex<LogBuf>,
@@ -233,6 +235,7 @@ impl Invocation {
             status: std::sync::atomic::AtomicU16::new(0),
             cold: AtomicBool::new(false),
             init_ms: AtomicU64::new(u64::MAX),
+            response_end_us: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             logs: Mutex::new(LogBuf::default()),
@@ -300,6 +303,19 @@ impl Invocation {
             .is_some()
     }
 
+    /// Marks the end of the response to the client (sent to its end, or dropped). The record's
+    /// duration stops here even when someone (a process worker's log reader, catching its last
+    /// lines) holds the invocation a little longer. The first call counts.
+    pub fn response_done(&self) {
+        let us = u64::try_from(self.0.start.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        let _ = self.0.response_end_us.compare_exchange(
+            0,
+            us.saturating_add(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Appends function output; split into lines and bounded per invocation.
     pub fn write_log(&self, stream: Stream, data: &[u8]) {
         self.0
@@ -313,6 +329,11 @@ impl Invocation {
 impl Drop for Inner {
     fn drop(&mut self) {
         let now = Instant::now();
+        // Without a mark (callers other than the gateway), the last holder's drop is the end.
+        let response_end = match self.response_end_us.load(Ordering::Relaxed) {
+            0 => now,
+            us => self.start + Duration::from_micros(us - 1),
+        };
         let (end, outcome) = self
             .end
             .get_mut()
@@ -329,7 +350,7 @@ impl Drop for Inner {
             meta: self.meta.clone(),
             started_at: self.started_at,
             // The response body may end after the function: count until the later of the two.
-            duration: now.max(end).duration_since(self.start),
+            duration: response_end.max(end).duration_since(self.start),
             outcome,
             status,
             cold: self.cold.load(Ordering::Relaxed),

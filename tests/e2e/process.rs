@@ -652,3 +652,77 @@ fn find_file(dir: &Path, name: &str, depth: u32) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// Writes a zip holding `entries` (name, unix mode, contents) to `path`.
+fn write_zip(path: &Path, entries: &[(&str, u32, &[u8])]) {
+    use std::io::Write as _;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, mode, data) in entries {
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+        zip.start_file(*name, opts).unwrap();
+        zip.write_all(data).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// Bad code archives and settings are refused at deploy with a message naming the problem,
+/// and the revision already serving keeps serving.
+#[test]
+fn bad_process_code_is_refused_and_the_serving_revision_stays() {
+    let echo = process_fn("shell/echo", "bootstrap");
+    let s = Server::start();
+    let good = app_dir(&format!(
+        "[app]\nname = \"zips\"\n{}[[route]]\npath = \"/zips/...\"\nfunction = \"f\"\n",
+        function("f", &echo, "")
+    ));
+    s.deploy(good.path());
+    assert_eq!(http(s.addr, "GET", "/zips/x", &[], b"").status, 200);
+
+    let boot: &[u8] = b"#!/bin/sh\nexit 0\n";
+    let cases: [(&str, Vec<(&str, u32, &[u8])>, &str, &str); 4] = [
+        (
+            "zip-slip",
+            vec![("bootstrap", 0o755, boot), ("../../escape.sh", 0o644, b"x")],
+            "",
+            "../../escape.sh",
+        ),
+        (
+            "no bootstrap",
+            vec![("app.py", 0o644, b"print(1)")],
+            "",
+            "executable `bootstrap`",
+        ),
+        (
+            "bootstrap not executable",
+            vec![("bootstrap", 0o644, boot)],
+            "",
+            "bootstrap",
+        ),
+        (
+            "host network not allowed",
+            vec![("bootstrap", 0o755, boot)],
+            "network = \"host\"",
+            "--allow-host-network",
+        ),
+    ];
+    for (what, entries, extra, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("code.zip");
+        write_zip(&zip_path, &entries);
+        std::fs::write(
+            dir.path().join("nubo.toml"),
+            format!(
+                "[app]\nname = \"zips\"\n{}[[route]]\npath = \"/zips/...\"\nfunction = \"f\"\n",
+                function("f", &zip_path, extra)
+            ),
+        )
+        .unwrap();
+        let out = s.nubo(&["deploy", dir.path().to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: the deploy was accepted");
+        assert!(stderr.contains(expect), "{what}: {stderr}");
+        let r = http(s.addr, "GET", "/zips/x", &[], b"");
+        assert_eq!(r.status, 200, "{what}: the serving revision stopped: {r:?}");
+        assert_eq!(r.header("nubo-revision"), Some("1"), "{what}");
+    }
+}

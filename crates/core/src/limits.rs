@@ -56,6 +56,9 @@ pub const MAX_COMMAND_ARGS: usize = 64;
 /// See [`MAX_COMMAND_ARGS`].
 pub const MAX_COMMAND_ARG_BYTES: usize = 4096;
 
+/// Most key-value stores one function may bind (`kv = [...]`).
+pub const MAX_KV_BINDINGS: usize = 16;
+
 /// Default function memory limit.
 pub const DEFAULT_FUNCTION_MEMORY: u64 = 128 * 1024 * 1024;
 

@@ -80,6 +80,9 @@ pub struct FunctionSpec {
     /// How a `process` function's workers run. Defaults for `wasm` functions.
     #[serde(default)]
     pub process: ProcessSpec,
+    /// Key-value stores the function may use, by name; it can reach no other.
+    #[serde(default)]
+    pub kv: Vec<String>,
 }
 
 /// Network access of a process function's workers.
@@ -302,6 +305,7 @@ struct RawFunction {
     idle_timeout: Option<Spanned<HumanDuration>>,
     network: Option<Spanned<String>>,
     tmp: Option<Spanned<ByteSize>>,
+    kv: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -346,6 +350,7 @@ const FUNCTION_KEYS: &[&str] = &[
     "idle_timeout",
     "network",
     "tmp",
+    "kv",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "max_age", "backoff"];
 const ROUTE_KEYS: &[&str] = &["path", "function", "methods"];
@@ -607,6 +612,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         let concurrency = concurrency(src, &at, f, &mut errs);
         let retry = retry(src, &at, f, &mut errs);
         let process = process(src, &at, runtime, f, concurrency, &mut errs);
+        let kv = kv_bindings(src, &at, f, &mut errs);
         let mut env = BTreeMap::new();
         let mut env_bytes = 0;
         for (k, v) in &f.env {
@@ -645,6 +651,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 retry,
                 destinations: DestinationSpec::default(),
                 process,
+                kv,
             },
         );
     }
@@ -745,6 +752,37 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         errs.sort_by_key(|e| e.line.unwrap_or(0));
         Err(ManifestErrors(errs))
     }
+}
+
+/// The key-value stores a function binds, checked and without repeats.
+fn kv_bindings(
+    src: &Src<'_>,
+    at: &str,
+    f: &RawFunction,
+    errs: &mut Vec<ManifestError>,
+) -> Vec<String> {
+    let Some(list) = &f.kv else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in list.get_ref() {
+        if let Err(e) = crate::validate_name("key-value store", name) {
+            errs.push(src.err(list, format!("{at} kv: {e}")));
+        } else if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    if names.len() > limits::MAX_KV_BINDINGS {
+        errs.push(src.err(
+            list,
+            format!(
+                "{at} kv names {} stores; a function may bind at most {}",
+                names.len(),
+                limits::MAX_KV_BINDINGS
+            ),
+        ));
+    }
+    names
 }
 
 /// The process settings of one `[function.*]` table, defaults filled in; refused on a `wasm`

@@ -227,6 +227,12 @@ const BROKEN: &[(&str, &str, usize, &[&str])] = &[
         &["min_instances 3 is out of range", "max_concurrency (2)"],
     ),
     (
+        "bad kv store name",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nkv = [\"Carts\"]\n",
+        5,
+        &["kv: invalid key-value store name \"Carts\""],
+    ),
+    (
         "process memory too small",
         "[app]\nname = \"a\"\n[function.api]\nruntime = \"process\"\nsource = \"f\"\nmemory = \"1MiB\"\n",
         6,

@@ -59,6 +59,7 @@ pub fn spec(memory: u64, timeout_ms: u64, env: &[(&str, &str)]) -> FunctionSpec 
         retry: Default::default(),
         destinations: Default::default(),
         process: Default::default(),
+        kv: Vec::new(),
     }
 }
 

@@ -726,3 +726,25 @@ fn bad_process_code_is_refused_and_the_serving_revision_stays() {
         assert_eq!(r.header("nubo-revision"), Some("1"), "{what}");
     }
 }
+
+/// The Python example deploys as its README says (its build installs awslambdaric) and
+/// answers through its route and directly.
+#[test]
+fn the_python_lambda_example_deploys_and_answers() {
+    let s = Server::start();
+    s.deploy(&root().join("examples/lambda-python"));
+    let r = http(s.addr, "GET", "/greet/Ada?x=1", &[], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    let body = r.json();
+    assert_eq!(
+        body["greeting"], "Hello from a Lambda handler on Nubo, Ada!",
+        "{body}"
+    );
+    assert_eq!(body["function"], "lambda-python-greet", "{body}");
+    assert_eq!(body["query"]["x"], "1", "{body}");
+    let out = s.ok(&["invoke", "lambda-python/greet", "-d", r#"{"name": "Bo"}"#]);
+    assert!(
+        out.contains("Hello from a Lambda handler on Nubo, Bo!"),
+        "{out}"
+    );
+}

@@ -653,8 +653,11 @@ fn find_file(dir: &Path, name: &str, depth: u32) -> Option<std::path::PathBuf> {
     None
 }
 
-/// Writes a zip holding `entries` (name, unix mode, contents) to `path`.
-fn write_zip(path: &Path, entries: &[(&str, u32, &[u8])]) {
+/// An archive entry: name, unix mode, contents.
+type Entry<'a> = (&'a str, u32, &'a [u8]);
+
+/// Writes a zip holding `entries` to `path`.
+fn write_zip(path: &Path, entries: &[Entry<'_>]) {
     use std::io::Write as _;
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     for (name, mode, data) in entries {
@@ -679,7 +682,9 @@ fn bad_process_code_is_refused_and_the_serving_revision_stays() {
     assert_eq!(http(s.addr, "GET", "/zips/x", &[], b"").status, 200);
 
     let boot: &[u8] = b"#!/bin/sh\nexit 0\n";
-    let cases: [(&str, Vec<(&str, u32, &[u8])>, &str, &str); 4] = [
+    // (what, archive entries, extra manifest keys, expected in the error)
+    type Case<'a> = (&'a str, Vec<Entry<'a>>, &'a str, &'a str);
+    let cases: [Case<'_>; 4] = [
         (
             "zip-slip",
             vec![("bootstrap", 0o755, boot), ("../../escape.sh", 0o644, b"x")],

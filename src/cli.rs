@@ -299,7 +299,60 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Key-value stores: list stores and keys, read, write and delete values.
+    Kv {
+        /// What to do.
+        #[command(subcommand)]
+        command: KvCommand,
+    },
     /// Internal: compile one component read from stdin (spawned by the server).
     #[command(name = "__compile-worker", hide = true)]
     CompileWorker,
+}
+
+/// `nubo kv` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// List the stores with their key counts and bytes, or with STORE, its keys in byte order.
+    Ls {
+        /// List this store's keys.
+        store: Option<String>,
+        /// Only keys starting with this.
+        #[arg(long, requires = "store")]
+        prefix: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a key's value to stdout as it is stored (raw bytes). Exits 1 when absent.
+    Get {
+        /// The store.
+        store: String,
+        /// The key.
+        key: String,
+    },
+    /// Set a key's value: VALUE as given, or `-` to read it from stdin.
+    Set {
+        /// The store (it must exist: bind it in a function's `kv = [...]`, or `nubo kv create`).
+        store: String,
+        /// The key.
+        key: String,
+        /// The value, or `-` for stdin.
+        value: String,
+        /// Remove the key once this long has passed, like 30s, 10m or 24h.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+    },
+    /// Delete a key. Exits 1 when there was no such key.
+    Rm {
+        /// The store.
+        store: String,
+        /// The key.
+        key: String,
+    },
+    /// Create an empty store (deploys create the stores their functions bind).
+    Create {
+        /// The store's name: lowercase letters, digits, '-' or '_'.
+        store: String,
+    },
 }

@@ -4,6 +4,7 @@ mod apps;
 mod asynchronous;
 mod deploy;
 mod invoke;
+mod kv;
 mod logs;
 mod rollout;
 mod server;
@@ -139,6 +140,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 asynchronous::dlq(&app, json).await
             }
         }
+        Command::Kv { command } => kv::run(command).await,
         Command::CompileWorker => Ok(ExitCode::from(2)),
     }
 }

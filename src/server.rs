@@ -121,6 +121,7 @@ impl Server {
                 max_concurrency: config.max_concurrency,
                 code_dir: config.data_dir.join("code"),
                 sandbox,
+                kv: Some(store.kv()),
                 ..RuntimeConfig::default()
             })
             .context("starting the wasm runtime")?,
@@ -137,6 +138,8 @@ impl Server {
         let report = control.restore().await;
         // Timed rollouts move on their own; the task ends with the control plane.
         control.spawn_rollout_driver();
+        // Expired key-value keys are purged every minute (reads never see them either way).
+        control.store().kv().spawn_sweeper();
         tracing::info!(
             apps = report.apps,
             functions = report.functions,

@@ -11,6 +11,9 @@ mod e2e {
     mod deploy;
     mod destinations;
     mod errors;
+    mod kv;
+    mod kv_process;
+    mod kv_wasm;
     mod lifecycle;
     mod limits;
     mod logs;

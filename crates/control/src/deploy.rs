@@ -339,6 +339,18 @@ impl Control {
                 .collect(),
             deployed_by: None,
         };
+        // The key-value stores the functions bind exist before the revision can serve. A deploy
+        // that fails after this leaves them empty, which serves nothing.
+        let kv = self.store.kv();
+        let bound: Vec<String> = manifest
+            .functions
+            .values()
+            .flat_map(|f| f.kv.clone())
+            .collect();
+        tokio::task::spawn_blocking(move || bound.iter().try_for_each(|s| kv.ensure_store(s)))
+            .await
+            .map_err(join_err)?
+            .map_err(|e| DeployError::Internal(format!("creating key-value stores: {e}")))?;
         let store = self.store.clone();
         let expected = opts.expected_generation;
         let mut available: Vec<Arc<LiveRevision>> = current

@@ -60,6 +60,12 @@ error_codes! {
     Conflict => "conflict", 409, "the app changed since the state the request expected; the body carries the current state";
     RolloutInProgress => "rollout_in_progress", 409, "a rollout of the app is running; wait for it to end or abort it first";
     RolloutNotFound => "rollout_not_found", 404, "the app has no rollout running (or none at all)";
+    KvStoreNotFound => "kv_store_not_found", 404, "no key-value store with that name exists; bind it in a function's kv = [...] and deploy, or create it with nubo kv create";
+    KvKeyNotFound => "kv_key_not_found", 404, "the key-value store has no such key (or it expired)";
+    KvInvalidKey => "kv_invalid_key", 400, "a key-value key or store name is invalid (empty, longer than 1024 bytes, holding a NUL) or a batch names more than 1000 keys";
+    KvStoreFull => "kv_store_full", 507, "the key-value store holds its maximum of 1000000 keys; delete keys or give them a TTL";
+    KvNotANumber => "kv_not_a_number", 409, "the key-value value cannot be incremented: it is not a signed 64-bit decimal number, or the sum would overflow";
+    KvStoreNotBound => "kv_store_not_bound", 403, "the function did not bind that key-value store; add it to the function's kv = [...] in nubo.toml and deploy";
     NotFound => "not_found", 404, "no such endpoint";
     Forbidden => "forbidden", 403, "the admin API accepts requests only from loopback unless an admin key is configured";
     Internal => "internal", 500, "Nubo failed while handling the request; the server log has details";

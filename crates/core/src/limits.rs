@@ -135,3 +135,23 @@ pub const MAX_COMPRESSION_RATIO: u64 = 200;
 /// repeated bytes (padding, blank lines) legitimately compress far better than 200:1, and
 /// at this size they cannot fill a disk.
 pub const COMPRESSION_RATIO_FLOOR_BYTES: u64 = 1024 * 1024;
+
+/// Longest key-value key, in bytes of UTF-8. Bounds the index and the memory one key listing
+/// takes; Cloudflare KV allows 512 bytes, DynamoDB 1 KiB (a partition and sort key together).
+pub const MAX_KV_KEY_BYTES: usize = 1024;
+
+/// Largest key-value value. Bounds the memory one get or set holds in the server and in a
+/// guest, and keeps large objects in the object store where they belong.
+pub const MAX_KV_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Most keys one key-value store holds. Bounds the disk a function writing keys in a loop can
+/// fill; expired keys count until they are purged.
+pub const MAX_KV_KEYS_PER_STORE: u64 = 1_000_000;
+
+/// Most keys one batch operation (get-many, set-many, delete-many) names. Bounds the size of
+/// one transaction and of the answer.
+pub const MAX_KV_BATCH: usize = 1_000;
+
+/// Most keys one key listing returns (later keys by cursor). Bounds the answer and the time
+/// the read holds its connection.
+pub const MAX_KV_LIST_LIMIT: usize = 1_000;

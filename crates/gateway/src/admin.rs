@@ -2,13 +2,14 @@
 //! The CLI uses nothing else.
 
 use crate::admin_async;
+use crate::admin_kv;
 use crate::rescue::error_response;
 use crate::server::Gateway;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 use bytes::Bytes;
 use nubo_control::{DeployError, DeployOptions, LiveApp, route_infos};
 use nubo_core::api::v1::{
@@ -122,6 +123,15 @@ pub(crate) fn router(weak: Gw) -> Router {
             post(admin_async::redrive),
         )
         .route("/_nubo/api/v1/metrics", get(metrics))
+        .route("/_nubo/api/v1/kv", get(admin_kv::list_stores))
+        .route("/_nubo/api/v1/kv/{store}", put(admin_kv::create_store))
+        .route("/_nubo/api/v1/kv/{store}/keys", get(admin_kv::list_keys))
+        .route(
+            "/_nubo/api/v1/kv/{store}/keys/{*key}",
+            get(admin_kv::get_key)
+                .put(admin_kv::put_key)
+                .delete(admin_kv::delete_key),
+        )
         .fallback(|| async {
             ApiError::Plain(
                 ErrorCode::NotFound,

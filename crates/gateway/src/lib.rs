@@ -13,6 +13,7 @@
 
 mod admin;
 mod admin_async;
+mod admin_kv;
 mod affinity;
 mod body;
 mod data;

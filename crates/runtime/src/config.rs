@@ -89,6 +89,9 @@ pub struct RuntimeConfig {
     pub sandbox: crate::sandbox::SandboxPolicy,
     /// The region process functions see (`AWS_REGION`, their ARN).
     pub region: String,
+    /// The key-value stores functions bind (`kv = [...]`), for wasm and process functions
+    /// alike; `None`: every store access is refused with a message saying the server has none.
+    pub kv: Option<nubo_store::kv::Kv>,
 }
 
 impl Default for RuntimeConfig {
@@ -103,6 +106,7 @@ impl Default for RuntimeConfig {
             code_dir: std::env::temp_dir().join("nubo-code"),
             sandbox: default_sandbox(),
             region: DEFAULT_REGION.to_owned(),
+            kv: None,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The per-request host state a guest runs against: WASI and wasi:http contexts built from
-//! policy (no files, no sockets, no outbound HTTP), the memory limiter and the log capture.
+//! policy (no files, no sockets, no outbound HTTP), the function's key-value bindings, the memory
+//! limiter and the log capture.
 
+use crate::keyvalue::{KvBindings, KvCtx, KvView};
 use bytes::Bytes;
 use nubo_telemetry::{Invocation, Stream};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -26,6 +29,8 @@ pub(crate) struct Host {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
+    /// The key-value stores the function binds (`wasi:keyvalue`).
+    pub(crate) kv: KvCtx,
     pub(crate) hooks: Hooks,
     pub(crate) limiter: MemoryLimiter,
     /// Epoch ticks the guest may still run before it is interrupted.
@@ -34,12 +39,14 @@ pub(crate) struct Host {
 
 impl Host {
     /// Host state for one invocation of a function with `env`, `memory_limit` bytes of linear
-    /// memory and `ticks` epoch ticks of time. Output goes to `invocation`'s logs.
+    /// memory and `ticks` epoch ticks of time, reaching the key-value stores of `kv`. Output goes
+    /// to `invocation`'s logs.
     pub(crate) fn new(
         invocation: Option<&Invocation>,
         env: &[(String, String)],
         memory_limit: u64,
         ticks: u64,
+        kv: Option<Arc<KvBindings>>,
     ) -> Host {
         let mut wasi = WasiCtx::builder();
         wasi.envs(env)
@@ -62,6 +69,7 @@ impl Host {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table,
+            kv: KvCtx::new(kv, invocation),
             hooks: Hooks {
                 invocation: invocation.cloned(),
             },
@@ -77,6 +85,13 @@ impl WasiView for Host {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl Host {
+    /// The `wasi:keyvalue` view of this state.
+    pub(crate) fn keyvalue(&mut self) -> KvView<'_> {
+        KvView::new(&self.kv, &mut self.table)
     }
 }
 

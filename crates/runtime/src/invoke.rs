@@ -81,6 +81,7 @@ async fn invoke(
         &loaded.env,
         loaded.memory_limit,
         loaded.ticks,
+        loaded.kv.clone(),
     );
     let mut store = Store::new(loaded.pre.engine(), host);
     store.limiter(|host| &mut host.limiter);

@@ -7,7 +7,7 @@
 //! - One engine, one epoch ticker thread, one pooling allocator per process.
 //! - No state is shared between requests: every invocation gets a new `Store` and instance.
 //! - Functions reach no files, sockets or outbound HTTP; they link against all of WASI 0.2 and
-//!   policy refuses each use.
+//!   policy refuses each use. Through `wasi:keyvalue` they reach only the stores they bind.
 //! - The request path takes no lock (functions are published with `ArcSwap`) and never
 //!   compiles; admission (`limits`) is atomics unless the request has to wait.
 //! - An invocation holds its concurrency slot until its instance ended and its response body
@@ -17,6 +17,7 @@ mod check;
 mod config;
 mod host;
 mod invoke;
+mod keyvalue;
 mod limits;
 mod process;
 mod runtime;

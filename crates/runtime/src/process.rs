@@ -3,13 +3,15 @@
 //!
 //! `code` checks and unpacks their zip archives; `event` shapes API Gateway events and turns
 //! results into HTTP responses; `api` is the Runtime API each worker talks to; `pool` starts,
-//! lends, reaps and stops workers; `invoke` runs one invocation.
+//! lends, reaps and stops workers; `invoke` runs one invocation; `kv` is the key-value HTTP
+//! API served beside the Runtime API.
 
 mod api;
 pub(crate) mod code;
 mod env;
 pub(crate) mod event;
 mod invoke;
+mod kv;
 mod pool;
 
 use crate::limits::FunctionLimit;
@@ -47,17 +49,26 @@ pub(crate) struct Functions {
     policy: Arc<SandboxPolicy>,
     code_dir: PathBuf,
     region: String,
+    /// The server's key-value stores, reached by workers of functions that bind them.
+    kv: Option<nubo_store::kv::Kv>,
 }
 
 impl Functions {
-    /// No functions yet; workers will run under `policy`, code is unpacked under `code_dir`.
-    pub(crate) fn new(policy: SandboxPolicy, code_dir: PathBuf, region: String) -> Functions {
+    /// No functions yet; workers will run under `policy`, code is unpacked under `code_dir`,
+    /// and workers reach the stores of `kv` their function binds.
+    pub(crate) fn new(
+        policy: SandboxPolicy,
+        code_dir: PathBuf,
+        region: String,
+        kv: Option<nubo_store::kv::Kv>,
+    ) -> Functions {
         Functions {
             map: ArcSwap::from_pointee(HashMap::new()),
             publish: Mutex::new(()),
             policy: Arc::new(policy),
             code_dir,
             region,
+            kv,
         }
     }
 
@@ -141,6 +152,11 @@ impl Functions {
             host_network,
             idle_timeout: spec.process.idle_timeout(),
             min_instances: spec.process.min_instances,
+            kv: Arc::new(kv::KvScope::new(
+                self.kv.clone(),
+                &target.function,
+                spec.kv.clone(),
+            )),
         };
         let loaded = ProcessFunction {
             pool: Pool::new(config, Arc::clone(&self.policy), Arc::clone(&limit)),

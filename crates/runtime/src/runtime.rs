@@ -4,6 +4,7 @@
 use crate::check::{self, code_error};
 use crate::config::{self, RuntimeConfig};
 use crate::host::Host;
+use crate::keyvalue::KvBindings;
 use crate::limits::{FunctionLimit, Limiter};
 use crate::worker;
 use arc_swap::ArcSwap;
@@ -52,6 +53,8 @@ pub(crate) struct Loaded {
     pub(crate) warm: AtomicBool,
     /// The function's concurrency limit, shared by all its loaded revisions.
     pub(crate) limit: Arc<FunctionLimit>,
+    /// The key-value stores it binds; `None` when it binds none.
+    pub(crate) kv: Option<Arc<KvBindings>>,
     /// The cached artifact the code came from, if it came from the cache.
     artifact: Option<PathBuf>,
 }
@@ -125,6 +128,7 @@ impl WasmRuntime {
                 config.sandbox.clone(),
                 config.code_dir.clone(),
                 config.region.clone(),
+                config.kv.clone(),
             ),
             limits: Limiter::new(config.max_concurrency),
             artifact_key,
@@ -181,6 +185,8 @@ impl WasmRuntime {
             ticks: ticks_for(timeout, self.config.epoch_tick),
             warm: AtomicBool::new(false),
             limit,
+            kv: (!spec.kv.is_empty())
+                .then(|| Arc::new(KvBindings::new(self.config.kv.clone(), &spec.kv))),
             artifact: match &function.artifact {
                 Artifact::File(path) => Some(path.clone()),
                 Artifact::Bytes(_) => None,

@@ -102,12 +102,13 @@ fn rejects_a_component_of_another_world() {
 fn names_an_import_nubo_does_not_provide() {
     let e = refused(&component(
         r#"(component
-             (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "open" (func)))))"#,
+             (import "wasi:blobstore/blobstore@0.2.0-draft" (instance (export "open" (func)))))"#,
     ));
     assert_eq!(e.code, ErrorCode::InvalidComponent);
     assert!(
-        e.message
-            .contains(r#"imports "wasi:keyvalue/store@0.2.0-draft", which Nubo does not provide"#),
+        e.message.contains(
+            r#"imports "wasi:blobstore/blobstore@0.2.0-draft", which Nubo does not provide"#
+        ),
         "{e}"
     );
 }
@@ -285,4 +286,19 @@ fn block_on<F: Future>(future: F) -> F::Output {
 fn a_small_pool_fits_in_any_address_space() {
     // 4 instances reserve about 32 GiB of address space: pooling must not fall back here.
     assert!(runtime().is_pooling());
+}
+
+#[test]
+fn names_the_keyvalue_version_nubo_provides() {
+    let e = refused(&component(
+        r#"(component
+             (import "wasi:keyvalue/store@0.2.0-draft2" (instance (export "open" (func)))))"#,
+    ));
+    assert_eq!(e.code, ErrorCode::InvalidComponent);
+    assert!(
+        e.message.contains(
+            r#"imports "wasi:keyvalue/store@0.2.0-draft2", which Nubo does not provide (Nubo implements wasi:keyvalue@0.2.0-draft"#
+        ),
+        "{e}"
+    );
 }

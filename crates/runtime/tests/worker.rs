@@ -104,7 +104,7 @@ fn worker_artifacts_load_and_run() {
 fn worker_refusals_keep_their_code_and_message() {
     let rt = runtime(|_| {});
     let code = wat::parse_str(
-        r#"(component (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "open" (func)))))"#,
+        r#"(component (import "wasi:blobstore/blobstore@0.2.0-draft" (instance (export "open" (func)))))"#,
     )
     .expect("WAT");
     let e = rt
@@ -114,7 +114,7 @@ fn worker_refusals_keep_their_code_and_message() {
     assert_eq!(e.function, "api");
     assert!(
         e.message
-            .contains(r#"imports "wasi:keyvalue/store@0.2.0-draft""#),
+            .contains(r#"imports "wasi:blobstore/blobstore@0.2.0-draft""#),
         "{e}"
     );
 

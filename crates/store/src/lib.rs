@@ -30,6 +30,7 @@
 mod blobs;
 mod error;
 mod events;
+pub mod kv;
 mod records;
 mod revisions;
 mod rollout;
@@ -78,6 +79,8 @@ pub struct Store {
     write: Mutex<Connection>,
     /// Queries. WAL lets it read while the writers write.
     read: Mutex<Connection>,
+    /// The key-value stores, on connections of their own (see [`kv::Kv`]).
+    kv: kv::Kv,
 }
 
 impl fmt::Debug for Store {
@@ -121,17 +124,24 @@ impl Store {
                 path: db_path.clone(),
                 source,
             })?;
+        let kv = kv::Kv::new(&db_path)?;
         Ok(Store {
             dir,
             db_path,
             write: Mutex::new(write),
             read: Mutex::new(read),
+            kv,
         })
     }
 
     /// The data directory (absolute).
     pub fn data_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A handle on the key-value stores of this data directory.
+    pub fn kv(&self) -> kv::Kv {
+        self.kv.clone()
     }
 
     fn writer(&self) -> MutexGuard<'_, Connection> {

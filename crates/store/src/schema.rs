@@ -177,8 +177,34 @@ const V5: &str = "
 ALTER TABLE invocations ADD COLUMN init_ms INTEGER;
 ";
 
+/// Version 6: key-value stores. `kv_stores` names each store with its running totals (live
+/// rows, bytes of keys and values) and the last version handed out: versions come from the
+/// store, not the key, so a key deleted and written again never repeats an old version and a
+/// compare-and-swap cannot be fooled by it. Keys are UTF-8 stored as BLOB so that ordering and
+/// prefix ranges are plain byte comparisons. `expires_at_ms` is NULL for keys without a TTL;
+/// the partial index lets the sweep find expired rows without scanning the rest.
+const V6: &str = "
+CREATE TABLE kv_stores (
+    name          TEXT    NOT NULL PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    keys          INTEGER NOT NULL DEFAULT 0,
+    bytes         INTEGER NOT NULL DEFAULT 0,
+    last_version  INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE kv (
+    store         TEXT    NOT NULL REFERENCES kv_stores (name),
+    key           BLOB    NOT NULL,
+    value         BLOB    NOT NULL,
+    version       INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    PRIMARY KEY (store, key)
+) WITHOUT ROWID;
+CREATE INDEX kv_expiry ON kv (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -476,3 +476,35 @@ pub struct DlqChange {
     #[serde(default)]
     pub purged: u64,
 }
+
+/// One key-value store in `GET /_nubo/api/v1/kv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvStoreInfo {
+    /// The store's name.
+    pub name: String,
+    /// Keys held (expired keys count until they are purged, within a minute).
+    pub keys: u64,
+    /// Bytes of the keys and values held, counted like `keys`.
+    pub bytes: u64,
+    /// When the store was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// `GET /_nubo/api/v1/kv`: every key-value store, by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvStoreList {
+    /// The stores.
+    pub stores: Vec<KvStoreInfo>,
+}
+
+/// `GET /_nubo/api/v1/kv/{store}/keys`: one page of keys in byte order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvKeyPage {
+    /// The store.
+    pub store: String,
+    /// Keys of this page.
+    pub keys: Vec<String>,
+    /// Present when more keys may follow: pass it as `cursor` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}

@@ -1,11 +1,13 @@
 //! The AWS Lambda Runtime API served to one worker: a small HTTP/1 server on the worker's own
 //! listener that hands it one invocation at a time (`/next`) and takes back its result
-//! (`/response`, `/error`) or its failure to start (`/init/error`).
+//! (`/response`, `/error`) or its failure to start (`/init/error`). Paths under
+//! `/nubo/v1/kv` go to the key-value API of the stores the function binds (`kv`).
 //!
 //! State machine per worker: no invocation is current until `/next` hands one out; only the
 //! current request id may answer, once. A second `/next` while one is current drops it
 //! unanswered (the runtime moved on), which its caller sees as "no response".
 
+use super::kv::{self, KvScope};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -101,6 +103,8 @@ pub(crate) struct Channel {
     current: Mutex<Option<Current>>,
     pub(crate) status: watch::Sender<Status>,
     spawned: Instant,
+    /// The key-value stores this worker may reach under `/nubo/v1/kv/`.
+    kv: Arc<KvScope>,
 }
 
 struct Current {
@@ -116,7 +120,14 @@ impl Channel {
             current: Mutex::new(None),
             status: watch::Sender::new(Status::default()),
             spawned,
+            kv: Arc::new(KvScope::none()),
         }
+    }
+
+    /// Lets the worker reach the key-value stores of `scope` (none by default).
+    pub(crate) fn with_kv(mut self, scope: Arc<KvScope>) -> Channel {
+        self.kv = scope;
+        self
     }
 
     fn take_current(&self, id: &str) -> Option<oneshot::Sender<Reply>> {
@@ -162,6 +173,9 @@ type ApiResponse = Response<Full<Bytes>>;
 
 async fn handle(channel: &Channel, req: Request<Incoming>) -> ApiResponse {
     let path = req.uri().path().to_owned();
+    if path.starts_with(kv::PREFIX) {
+        return kv::handle(&channel.kv, req).await;
+    }
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return not_found(&path);
     };

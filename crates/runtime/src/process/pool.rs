@@ -7,6 +7,7 @@
 //! process of it.
 
 use super::api::{self, Channel, Job, Status};
+use super::kv::KvScope;
 use crate::limits::{FunctionLimit, InstanceGuard};
 use crate::sandbox::{Exit, SandboxPolicy, Sandboxed, WorkerSpec};
 use nubo_core::{FunctionTarget, InvokeError};
@@ -48,6 +49,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) host_network: bool,
     pub(crate) idle_timeout: Duration,
     pub(crate) min_instances: u32,
+    /// The key-value stores its workers may reach (the function's `kv` bindings).
+    pub(crate) kv: Arc<KvScope>,
 }
 
 /// The workers of one (app, function, revision).
@@ -255,7 +258,7 @@ impl Pool {
             InvokeError::Internal("the sandbox handed out no Runtime API listener".into())
         })?;
         let (jobs, receiver) = mpsc::channel(1);
-        let channel = Arc::new(Channel::new(receiver, spawned));
+        let channel = Arc::new(Channel::new(receiver, spawned).with_kv(Arc::clone(&config.kv)));
         let logs = Arc::new(LogSink::new(&config.target, &id));
         let mut readers = Vec::new();
         if let Some(out) = sandboxed.stdout() {

@@ -61,9 +61,46 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), NameError> {
     }
 }
 
+/// Why a bucket name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid bucket name {0:?}: use 3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit (the S3 rules, so S3 clients accept it)"
+)]
+pub struct BucketNameError(pub String);
+
+/// Checks an object storage bucket name against the S3 naming rules (path-style S3 clients
+/// refuse other names): 3 to 63 of `a-z 0-9 - .`, starting and ending with a letter or digit,
+/// no `..`, and not shaped like an IP address.
+pub fn validate_bucket_name(name: &str) -> Result<(), BucketNameError> {
+    let b = name.as_bytes();
+    let ok = (3..=63).contains(&b.len())
+        && b
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && name.parse::<std::net::Ipv4Addr>().is_err();
+    if ok {
+        Ok(())
+    } else {
+        Err(BucketNameError(name.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_names_follow_s3() {
+        for good in ["abc", "my-bucket.v2", &"x".repeat(63)] {
+            assert!(validate_bucket_name(good).is_ok(), "{good:?} refused");
+        }
+        for bad in ["ab", "My", "a_b", "-ab", "ab-", "a..b", "10.0.0.1", &"x".repeat(64)] {
+            assert!(validate_bucket_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn names() {

@@ -20,7 +20,7 @@ pub use dispatch::{
     empty_body, full_body,
 };
 pub use error::ErrorCode;
-pub use ids::{InvocationId, NameError, validate_name};
+pub use ids::{BucketNameError, InvocationId, NameError, validate_bucket_name, validate_name};
 pub use route::{
     MethodSet, RouteError, RouteMatch, RoutePattern, RouteTable, RouteTableBuilder, Segment,
 };

@@ -59,6 +59,9 @@ pub const MAX_COMMAND_ARG_BYTES: usize = 4096;
 /// Most key-value stores one function may bind (`kv = [...]`).
 pub const MAX_KV_BINDINGS: usize = 16;
 
+/// Most object storage buckets one function may bind (`buckets = [...]`).
+pub const MAX_BUCKET_BINDINGS: usize = 16;
+
 /// Default function memory limit.
 pub const DEFAULT_FUNCTION_MEMORY: u64 = 128 * 1024 * 1024;
 

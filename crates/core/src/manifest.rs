@@ -83,6 +83,9 @@ pub struct FunctionSpec {
     /// Key-value stores the function may use, by name; it can reach no other.
     #[serde(default)]
     pub kv: Vec<String>,
+    /// Object storage buckets the function may use, by name; it can reach no other.
+    #[serde(default)]
+    pub buckets: Vec<String>,
 }
 
 /// Network access of a process function's workers.
@@ -306,6 +309,7 @@ struct RawFunction {
     network: Option<Spanned<String>>,
     tmp: Option<Spanned<ByteSize>>,
     kv: Option<Spanned<Vec<String>>>,
+    buckets: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -351,6 +355,7 @@ const FUNCTION_KEYS: &[&str] = &[
     "network",
     "tmp",
     "kv",
+    "buckets",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "max_age", "backoff"];
 const ROUTE_KEYS: &[&str] = &["path", "function", "methods"];
@@ -613,6 +618,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         let retry = retry(src, &at, f, &mut errs);
         let process = process(src, &at, runtime, f, concurrency, &mut errs);
         let kv = kv_bindings(src, &at, f, &mut errs);
+        let buckets = bucket_bindings(src, &at, f, &mut errs);
         let mut env = BTreeMap::new();
         let mut env_bytes = 0;
         for (k, v) in &f.env {
@@ -652,6 +658,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 destinations: DestinationSpec::default(),
                 process,
                 kv,
+                buckets,
             },
         );
     }
@@ -779,6 +786,37 @@ fn kv_bindings(
                 "{at} kv names {} stores; a function may bind at most {}",
                 names.len(),
                 limits::MAX_KV_BINDINGS
+            ),
+        ));
+    }
+    names
+}
+
+/// The object storage buckets a function binds, checked and without repeats.
+fn bucket_bindings(
+    src: &Src<'_>,
+    at: &str,
+    f: &RawFunction,
+    errs: &mut Vec<ManifestError>,
+) -> Vec<String> {
+    let Some(list) = &f.buckets else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in list.get_ref() {
+        if let Err(e) = crate::validate_bucket_name(name) {
+            errs.push(src.err(list, format!("{at} buckets: {e}")));
+        } else if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    if names.len() > limits::MAX_BUCKET_BINDINGS {
+        errs.push(src.err(
+            list,
+            format!(
+                "{at} buckets names {} buckets; a function may bind at most {}",
+                names.len(),
+                limits::MAX_BUCKET_BINDINGS
             ),
         ));
     }

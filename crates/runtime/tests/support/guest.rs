@@ -60,6 +60,7 @@ pub fn spec(memory: u64, timeout_ms: u64, env: &[(&str, &str)]) -> FunctionSpec 
         destinations: Default::default(),
         process: Default::default(),
         kv: Vec::new(),
+        buckets: Vec::new(),
     }
 }
 

@@ -278,3 +278,86 @@ fn get_many_is_capped_by_total_value_size() {
     );
     assert!(r.text().contains("ask for fewer keys"), "{}", r.text());
 }
+
+/// Components built against `wasi:keyvalue@0.2.0-draft2` (as Spin 3's are) link too, and get
+/// what that release adds: string cursors that work across requests, signed counters, and
+/// compare-and-swap that never swaps over a value it did not see.
+#[test]
+fn the_draft2_release_adds_string_cursors_signed_counters_and_compare_and_swap() {
+    let s = Server::start();
+    let dir = guest_app(
+        "shop2",
+        "api",
+        &guest("kv2"),
+        "kv = [\"carts\"]\ntimeout = \"20s\"",
+        &["/kv2/..."],
+    );
+    s.deploy(dir.path());
+
+    // The same store as the draft guest and the admin API see.
+    let r = http(s.addr, "PUT", "/kv2/set?key=a", &[], b"1");
+    assert_eq!((r.status, r.text()), (200, "ok".to_owned()));
+    assert_eq!(admin_value(&s, "carts", "a").as_deref(), Some(&b"1"[..]));
+
+    // Signed counters: below zero and back.
+    assert_eq!(get(&s, "/kv2/incr?key=n&delta=-5").text(), "-5");
+    assert_eq!(get(&s, "/kv2/incr?key=n&delta=7").text(), "2");
+
+    // String cursors: 1,500 keys come back in two pages, all of them, in order.
+    // (written through the admin API to keep the test quick)
+    for i in 0..1500 {
+        let k = format!("k{i:04}");
+        let r = http(
+            s.addr,
+            "PUT",
+            &format!("/_nubo/api/v1/kv/carts/keys/{k}"),
+            &[],
+            b"v",
+        );
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+    let all = get(&s, "/kv2/list-all").text();
+    let listed: Vec<&str> = all.lines().filter(|k| k.starts_with('k')).collect();
+    assert_eq!(listed.len(), 1500);
+    assert_eq!(listed.first(), Some(&"k0000"));
+    assert_eq!(listed.last(), Some(&"k1499"));
+
+    // Compare-and-swap: a swap over a value written behind the cas's back fails and hands
+    // back what is there now.
+    let r = http(s.addr, "POST", "/kv2/cas-stale?key=c", &[], b"");
+    assert_eq!(r.text(), "cas-failed current=written-behind");
+    assert_eq!(
+        admin_value(&s, "carts", "c").as_deref(),
+        Some(&b"written-behind"[..])
+    );
+
+    // Concurrent appends through compare-and-swap lose nothing: 4 threads × 10 appends.
+    let addr = s.addr;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let r = http(
+                        addr,
+                        "POST",
+                        "/kv2/append?key=log",
+                        &[],
+                        format!("{t}").as_bytes(),
+                    );
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = admin_value(&s, "carts", "log").unwrap();
+    assert_eq!(log.len(), 40, "{}", String::from_utf8_lossy(&log));
+    for t in 0..4u8 {
+        assert_eq!(log.iter().filter(|b| **b == b'0' + t).count(), 10);
+    }
+
+    // get-many answers every key asked, present or not.
+    assert_eq!(get(&s, "/kv2/get-many?keys=a,zz").text(), "a=1\nzz=none");
+}

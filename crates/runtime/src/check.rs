@@ -24,20 +24,22 @@ const PROVIDED_PACKAGES: &[&str] = &[
     "wasi:http/",
 ];
 
-/// The key-value package the linker provides, and its one version (a draft: no semver
-/// matching, a component must be built against exactly this WIT).
+/// The key-value package the linker provides, and its versions (drafts: no semver matching,
+/// a component must be built against exactly one of these WITs).
 const KEYVALUE_PACKAGE: &str = "wasi:keyvalue/";
 /// See [`KEYVALUE_PACKAGE`].
-const KEYVALUE_VERSION: &str = "0.2.0-draft";
+const KEYVALUE_VERSIONS: &[&str] = &["0.2.0-draft", "0.2.0-draft2"];
 
 /// Builds the linker every function is checked and instantiated against: all of WASI 0.2 plus
-/// wasi:http and `wasi:keyvalue@0.2.0-draft`, so components from real toolchains link; policy
-/// in [`Host`] decides what they may actually do (which stores they may open).
+/// wasi:http and `wasi:keyvalue` (0.2.0-draft and 0.2.0-draft2), so components from real
+/// toolchains link; policy in [`Host`] decides what they may actually do (which stores they
+/// may open).
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::keyvalue::add_to_linker(&mut linker, Host::keyvalue)?;
+    crate::keyvalue::draft2::add_to_linker(&mut linker, Host::keyvalue)?;
     Ok(linker)
 }
 
@@ -164,10 +166,15 @@ fn import_message(error: &wasmtime::Error) -> String {
     else {
         return format!("cannot be linked: {}", first_line(&format!("{error:#}")));
     };
-    if name.starts_with(KEYVALUE_PACKAGE) && !name.ends_with(&format!("@{KEYVALUE_VERSION}")) {
+    if name.starts_with(KEYVALUE_PACKAGE)
+        && !KEYVALUE_VERSIONS
+            .iter()
+            .any(|v| name.ends_with(&format!("@{v}")))
+    {
         return format!(
             "imports \"{name}\", which Nubo does not provide (Nubo implements \
-             wasi:keyvalue@{KEYVALUE_VERSION}: build the function against that version of the WIT)"
+             wasi:keyvalue@{}: build the function against one of those versions of the WIT)",
+            KEYVALUE_VERSIONS.join(" and @")
         );
     }
     let causes: Vec<String> = error.chain().skip(1).map(|e| e.to_string()).collect();

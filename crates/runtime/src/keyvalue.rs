@@ -6,13 +6,16 @@
 //! `access-denied` and a line in the invocation's log naming the manifest fix. The store calls
 //! are blocking SQLite, so each runs on tokio's blocking pool while the guest waits.
 //!
-//! The WIT in `keyvalue/wit/` is the 0.2.0-draft release, as shipped by wasmtime 48.
+//! The WIT in `keyvalue/wit/` is the 0.2.0-draft release, as shipped by wasmtime 48;
+//! `draft2` serves the 0.2.0-draft2 release over the same stores.
 
 use nubo_core::limits::{MAX_KV_BATCH, MAX_KV_KEYS_PER_STORE, MAX_KV_LIST_LIMIT};
 use nubo_store::kv::{Kv, KvError, check_key};
 use nubo_telemetry::{Invocation, Stream};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+pub(crate) mod draft2;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -149,39 +152,77 @@ impl KvView<'_> {
 
 impl store::Host for KvView<'_> {
     async fn open(&mut self, identifier: String) -> KvResult<Resource<Bucket>> {
-        let Some(bindings) = &self.ctx.bindings else {
-            return Ok(Err(self.refuse(&identifier)));
-        };
-        if !bindings.stores.contains(&identifier) {
-            return Ok(Err(self.refuse(&identifier)));
+        match self.open_bucket(identifier) {
+            Ok(bucket) => Ok(Ok(self.table.push(bucket)?)),
+            Err(OpenError::NotBound) => Ok(Err(store::Error::AccessDenied)),
+            Err(OpenError::NoStores(message)) => Ok(Err(store::Error::Other(message))),
         }
+    }
+}
+
+/// Why `open` failed, in terms both WIT releases map to their own error type.
+enum OpenError {
+    /// The function does not bind the store (logged with the manifest fix).
+    NotBound,
+    /// The server has no key-value stores.
+    NoStores(String),
+}
+
+impl KvView<'_> {
+    /// The bucket for `identifier` when the function binds it; a refusal is logged in the
+    /// invocation's log with the fix.
+    fn open_bucket(&self, identifier: String) -> Result<Bucket, OpenError> {
+        let bound = self
+            .ctx
+            .bindings
+            .as_ref()
+            .filter(|b| b.stores.contains(&identifier));
+        let Some(bindings) = bound else {
+            self.ctx.log(&format!(
+                "[nubo] key-value store \"{identifier}\" is not bound to this function: add it \
+                 to the function in nubo.toml (kv = [\"{identifier}\"]) and redeploy\n"
+            ));
+            return Err(OpenError::NotBound);
+        };
         let Some(kv) = &bindings.kv else {
             self.ctx.log(&format!(
                 "[nubo] key-value store \"{identifier}\" cannot be opened: this server has no \
                  key-value stores (start it with a data directory)\n"
             ));
-            return Ok(Err(store::Error::Other(
+            return Err(OpenError::NoStores(
                 "this server has no key-value stores: start it with a data directory".to_owned(),
-            )));
+            ));
         };
-        let bucket = Bucket {
+        Ok(Bucket {
             kv: kv.clone(),
             store: Arc::from(identifier),
             pages: Vec::new(),
-        };
-        Ok(Ok(self.table.push(bucket)?))
+        })
     }
 }
 
-impl KvView<'_> {
-    /// Logs and returns the refusal of a store the function does not bind.
-    fn refuse(&self, identifier: &str) -> store::Error {
-        self.ctx.log(&format!(
-            "[nubo] key-value store \"{identifier}\" is not bound to this function: add it to \
-             the function in nubo.toml (kv = [\"{identifier}\"]) and redeploy\n"
-        ));
-        store::Error::AccessDenied
+/// Reads `keys` of `store` a few at a time, stopping with a message once their values pass
+/// [`MAX_GET_MANY_BYTES`]. Blocking.
+fn read_many(
+    kv: &Kv,
+    store: &str,
+    keys: &[String],
+) -> Result<Result<Vec<(String, Option<Vec<u8>>)>, String>, KvError> {
+    let mut found = Vec::with_capacity(keys.len());
+    let mut bytes = 0usize;
+    for chunk in keys.chunks(GET_MANY_CHUNK) {
+        for (key, value) in chunk.iter().zip(kv.get_many(store, chunk)?) {
+            bytes += value.as_ref().map_or(0, Vec::len);
+            found.push((key.clone(), value));
+        }
+        if bytes > MAX_GET_MANY_BYTES {
+            return Ok(Err(format!(
+                "the values of this get-many total more than {MAX_GET_MANY_BYTES} bytes \
+                 (16 MiB): ask for fewer keys at a time"
+            )));
+        }
     }
+    Ok(Ok(found))
 }
 
 impl store::HostBucket for KvView<'_> {
@@ -302,27 +343,17 @@ impl batch::Host for KvView<'_> {
                 return Err(KvError::BatchTooLarge { len: keys.len() });
             }
             keys.iter().try_for_each(|k| check_key(k))?;
-            let mut found = Vec::with_capacity(keys.len());
-            let mut bytes = 0usize;
-            for chunk in keys.chunks(GET_MANY_CHUNK) {
-                for (key, value) in chunk.iter().zip(kv.get_many(&name, chunk)?) {
-                    bytes += value.as_ref().map_or(0, Vec::len);
-                    found.push(value.map(|v| (key.clone(), v)));
-                }
-                if bytes > MAX_GET_MANY_BYTES {
-                    return Ok(Err(bytes));
-                }
-            }
-            Ok(Ok(found))
+            read_many(&kv, &name, &keys)
         })
         .await?;
+        // This release answers only the keys that exist.
         Ok(values.and_then(|v| {
-            v.map_err(|_| {
-                store::Error::Other(format!(
-                    "the values of this get-many total more than {MAX_GET_MANY_BYTES} bytes \
-                     (16 MiB): ask for fewer keys at a time"
-                ))
+            v.map(|all| {
+                all.into_iter()
+                    .map(|(key, value)| value.map(|v| (key, v)))
+                    .collect()
             })
+            .map_err(store::Error::Other)
         }))
     }
 

@@ -292,12 +292,12 @@ fn a_small_pool_fits_in_any_address_space() {
 fn names_the_keyvalue_version_nubo_provides() {
     let e = refused(&component(
         r#"(component
-             (import "wasi:keyvalue/store@0.2.0-draft2" (instance (export "open" (func)))))"#,
+             (import "wasi:keyvalue/store@0.2.0-draft3" (instance (export "open" (func)))))"#,
     ));
     assert_eq!(e.code, ErrorCode::InvalidComponent);
     assert!(
         e.message.contains(
-            r#"imports "wasi:keyvalue/store@0.2.0-draft2", which Nubo does not provide (Nubo implements wasi:keyvalue@0.2.0-draft"#
+            r#"imports "wasi:keyvalue/store@0.2.0-draft3", which Nubo does not provide (Nubo implements wasi:keyvalue@0.2.0-draft and @0.2.0-draft2"#
         ),
         "{e}"
     );

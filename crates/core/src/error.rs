@@ -66,6 +66,15 @@ error_codes! {
     KvStoreFull => "kv_store_full", 507, "the key-value store holds its maximum of 1000000 keys; delete keys or give them a TTL";
     KvNotANumber => "kv_not_a_number", 409, "the key-value value cannot be incremented: it is not a signed 64-bit decimal number, or the sum would overflow";
     KvStoreNotBound => "kv_store_not_bound", 403, "the function did not bind that key-value store; add it to the function's kv = [...] in nubo.toml and deploy";
+    BucketNotFound => "bucket_not_found", 404, "no object storage bucket with that name exists; bind it in a function's buckets = [...] and deploy, or create it with nubo obj mb";
+    BucketNotEmpty => "bucket_not_empty", 409, "the bucket still holds objects or unfinished multipart uploads; delete them first";
+    BucketNotBound => "bucket_not_bound", 403, "the function did not bind that bucket; add it to the function's buckets = [...] in nubo.toml and deploy";
+    InvalidBucketName => "invalid_bucket_name", 400, "the bucket name breaks the S3 naming rules (3 to 63 lowercase letters, digits, dots or hyphens)";
+    ObjectNotFound => "object_not_found", 404, "the bucket has no object with that key";
+    InvalidObjectKey => "invalid_object_key", 400, "an object key is invalid (empty, longer than 1024 bytes or holding a NUL) or user metadata is too large or malformed";
+    RangeNotSatisfiable => "range_not_satisfiable", 416, "the requested byte range starts beyond the end of the object";
+    UploadNotFound => "upload_not_found", 404, "no unfinished multipart upload with that id exists (it was completed or aborted)";
+    InvalidPart => "invalid_part", 400, "a multipart upload names a part that was not uploaded, whose etag differs, out of order, or smaller than 5 MiB while not the last";
     NotFound => "not_found", 404, "no such endpoint";
     Forbidden => "forbidden", 403, "the admin API accepts requests only from loopback unless an admin key is configured";
     Internal => "internal", 500, "Nubo failed while handling the request; the server log has details";

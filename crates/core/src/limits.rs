@@ -158,3 +158,30 @@ pub const MAX_KV_BATCH: usize = 1_000;
 /// Most keys one key listing returns (later keys by cursor). Bounds the answer and the time
 /// the read holds its connection.
 pub const MAX_KV_LIST_LIMIT: usize = 1_000;
+
+/// Longest object key, in bytes of UTF-8 (S3's limit). Bounds the index, the paths of listings
+/// and the memory one listing page takes.
+pub const MAX_OBJECT_KEY_BYTES: usize = 1024;
+
+/// Largest object written in one put (S3's limit for a single PUT). Bounds the disk one request
+/// can fill before it is refused; larger objects are uploaded in parts.
+pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Largest part of a multipart upload (S3's limit). Bounds the disk one part request can fill.
+pub const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Smallest part of a multipart upload, except the last (S3's rule). Bounds the number of part
+/// files a large object is assembled from, and so the work of completing it.
+pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+
+/// Highest part number of a multipart upload (parts are numbered 1 to this, S3's limit). Bounds
+/// the rows and temporary files one upload can create.
+pub const MAX_PARTS: u32 = 10_000;
+
+/// Most bytes of user metadata (names and values of `x-amz-meta-*` / `x-nubo-meta-*` together)
+/// one object carries (S3's limit). Bounds the metadata row and every HEAD answer.
+pub const MAX_USER_METADATA_BYTES: usize = 2 * 1024;
+
+/// Most objects (plus common prefixes) one listing page returns (S3's limit); later ones by
+/// cursor. Bounds the answer and the time the read holds its connection.
+pub const MAX_LIST_OBJECTS: usize = 1_000;

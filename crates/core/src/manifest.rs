@@ -86,6 +86,10 @@ pub struct FunctionSpec {
     /// Object storage buckets the function may use, by name; it can reach no other.
     #[serde(default)]
     pub buckets: Vec<String>,
+    /// Environment variables whose values are the app's secrets: variable → secret name
+    /// (`env = { DB_URL = { secret = "db_url" } }`). Only names are stored with the revision.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
 }
 
 /// Network access of a process function's workers.
@@ -292,7 +296,7 @@ struct RawFunction {
     timeout: Option<Spanned<HumanDuration>>,
     max_request_body: Option<Spanned<ByteSize>>,
     #[serde(default)]
-    env: BTreeMap<Spanned<String>, String>,
+    env: BTreeMap<Spanned<String>, Spanned<RawEnvValue>>,
     #[serde(default)]
     allowed_hosts: Option<Spanned<Vec<String>>>,
     max_concurrency: Option<Spanned<i64>>,
@@ -310,6 +314,14 @@ struct RawFunction {
     tmp: Option<Spanned<ByteSize>>,
     kv: Option<Spanned<Vec<String>>>,
     buckets: Option<Spanned<Vec<String>>>,
+}
+
+/// An `env` value: text, or a reference to a secret (`{ secret = "db_url" }`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawEnvValue {
+    Text(String),
+    Secret { secret: String },
 }
 
 #[derive(Deserialize)]
@@ -439,6 +451,15 @@ fn de_error(src: &Src<'_>, e: &toml::de::Error) -> ManifestError {
         return ManifestError {
             line,
             message: format!("unknown key \"{key}\"{where_}{at}{hint}"),
+        };
+    }
+    if msg.contains("untagged enum RawEnvValue") {
+        let at = table.map(|t| format!(" in {t}")).unwrap_or_default();
+        return ManifestError {
+            line,
+            message: format!(
+                "an env value{at} must be a string or {{ secret = \"NAME\" }} (a secret set with `nubo secrets set`), like env = {{ MODE = \"prod\", DB_URL = {{ secret = \"db_url\" }} }}"
+            ),
         };
     }
     if msg.starts_with("duplicate key") {
@@ -620,6 +641,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         let kv = kv_bindings(src, &at, f, &mut errs);
         let buckets = bucket_bindings(src, &at, f, &mut errs);
         let mut env = BTreeMap::new();
+        let mut secret_env = BTreeMap::new();
         let mut env_bytes = 0;
         for (k, v) in &f.env {
             let key = k.get_ref();
@@ -629,10 +651,21 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
             if !valid {
                 errs.push(src.err(k, format!("{at} env key {key:?} is not a valid variable name: use letters, digits and '_', not starting with a digit")));
             }
-            env_bytes += key.len() + v.len();
-            env.insert(key.clone(), v.clone());
+            match v.get_ref() {
+                RawEnvValue::Text(text) => {
+                    env_bytes += key.len() + text.len();
+                    env.insert(key.clone(), text.clone());
+                }
+                RawEnvValue::Secret { secret } => {
+                    if let Err(e) = crate::validate_name("secret", secret) {
+                        errs.push(src.err(v, format!("{at} env {key}: {e}")));
+                    }
+                    env_bytes += key.len() + secret.len();
+                    secret_env.insert(key.clone(), secret.clone());
+                }
+            }
         }
-        if env.len() > limits::MAX_ENV_VARS || env_bytes > limits::MAX_ENV_BYTES {
+        if env.len() + secret_env.len() > limits::MAX_ENV_VARS || env_bytes > limits::MAX_ENV_BYTES {
             errs.push(src.err(
                 f_span,
                 format!(
@@ -659,6 +692,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 process,
                 kv,
                 buckets,
+                secret_env,
             },
         );
     }

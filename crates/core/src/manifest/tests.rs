@@ -233,6 +233,12 @@ const BROKEN: &[(&str, &str, usize, &[&str])] = &[
         &["kv: invalid key-value store name \"Carts\""],
     ),
     (
+        "bad secret reference",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\nenv = { DB = { secret = \"DB URL\" } }\n",
+        5,
+        &["env DB: invalid secret name \"DB URL\""],
+    ),
+    (
         "process memory too small",
         "[app]\nname = \"a\"\n[function.api]\nruntime = \"process\"\nsource = \"f\"\nmemory = \"1MiB\"\n",
         6,
@@ -359,4 +365,26 @@ fn broken_manifests_are_explained() {
 fn missing_app_table() {
     let e = parse("[function.api]\nsource = \"a.wasm\"\n").unwrap_err();
     assert!(e.to_string().contains("missing [app] table"), "{e}");
+}
+
+#[test]
+fn env_values_are_text_or_secret_references() {
+    let m = parse(
+        "[app]\nname = \"a\"\n[function.f]\nsource = \"f.wasm\"\nenv = { MODE = \"prod\", DB_URL = { secret = \"db_url\" } }\nkv = [\"carts\", \"carts\"]\nbuckets = [\"uploads\"]\n",
+    )
+    .unwrap();
+    let f = &m.functions["f"];
+    assert_eq!(f.env.get("MODE").map(String::as_str), Some("prod"));
+    assert!(!f.env.contains_key("DB_URL"), "a secret is not a plain value");
+    assert_eq!(f.secret_env.get("DB_URL").map(String::as_str), Some("db_url"));
+    assert_eq!(f.kv, ["carts"]);
+    assert_eq!(f.buckets, ["uploads"]);
+}
+
+#[test]
+fn a_bad_env_value_says_what_is_allowed() {
+    let e = parse("[app]\nname = \"a\"\n[function.f]\nsource = \"f.wasm\"\nenv = { A = 5 }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a string or { secret = \"NAME\" }"), "{e}");
 }

@@ -201,13 +201,12 @@ impl KvView<'_> {
     }
 }
 
+/// Each key asked with its value, when present.
+type Values = Vec<(String, Option<Vec<u8>>)>;
+
 /// Reads `keys` of `store` a few at a time, stopping with a message once their values pass
 /// [`MAX_GET_MANY_BYTES`]. Blocking.
-fn read_many(
-    kv: &Kv,
-    store: &str,
-    keys: &[String],
-) -> Result<Result<Vec<(String, Option<Vec<u8>>)>, String>, KvError> {
+fn read_many(kv: &Kv, store: &str, keys: &[String]) -> Result<Result<Values, String>, KvError> {
     let mut found = Vec::with_capacity(keys.len());
     let mut bytes = 0usize;
     for chunk in keys.chunks(GET_MANY_CHUNK) {

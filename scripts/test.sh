@@ -28,6 +28,16 @@ bash tests/js-guest/build.sh
 step "process test functions"
 bash tests/process/build.sh
 
+step "S3 clients (boto3, aws CLI v1)"
+# A venv in the cache, refreshed only when tests/s3/requirements.txt changes.
+venv="$cache/venv"
+if ! cmp -s tests/s3/requirements.txt "$venv/requirements.txt" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/s3/requirements.txt
+  cp tests/s3/requirements.txt "$venv/requirements.txt"
+fi
+export NUBO_S3_VENV="$venv"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -55,6 +55,24 @@ pub struct ServerArgs {
     /// language runtime installed outside /usr); repeat for more.
     #[arg(long = "sandbox-ro", value_name = "PATH")]
     pub sandbox_readonly: Vec<PathBuf>,
+    /// Address of the S3-compatible endpoint (`aws s3`, boto3), or `off`; port 0 picks a free
+    /// port (the second line printed names it). Clients sign with the key pair shown by
+    /// `nubo s3 credentials` (NUBO_S3_ACCESS_KEY and NUBO_S3_SECRET_KEY set it).
+    #[arg(long, env = "NUBO_S3_LISTEN", default_value = "127.0.0.1:7701", value_parser = parse_listen_or_off)]
+    pub s3_listen: ListenOrOff,
+}
+
+/// A listener address, or `None` for `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenOrOff(pub Option<SocketAddr>);
+
+fn parse_listen_or_off(s: &str) -> Result<ListenOrOff, String> {
+    match s.trim() {
+        "off" => Ok(ListenOrOff(None)),
+        other => other.parse().map(|a| ListenOrOff(Some(a))).map_err(|_| {
+            format!("{other:?} is neither an address like 127.0.0.1:7701 nor \"off\"")
+        }),
+    }
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -305,9 +323,73 @@ pub enum Command {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// The S3-compatible endpoint: show its address and key pair.
+    S3 {
+        /// What to do.
+        #[command(subcommand)]
+        command: S3Command,
+    },
+    /// Object storage: list, make and remove buckets; upload, download and delete objects.
+    Obj {
+        /// What to do.
+        #[command(subcommand)]
+        command: ObjCommand,
+    },
+    /// Secrets of an app: set one from stdin or a file, list names, remove one.
+    Secrets {
+        /// What to do.
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Internal: compile one component read from stdin (spawned by the server).
     #[command(name = "__compile-worker", hide = true)]
     CompileWorker,
+}
+
+/// `nubo s3` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum S3Command {
+    /// Print the S3 endpoint's URL, region and the key pair S3 clients sign with.
+    Credentials {
+        /// Print `export AWS_...=` lines for a shell (`eval "$(nubo s3 credentials --env)"`).
+        #[arg(long, conflicts_with = "json")]
+        env: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `nubo secrets` subcommands. A value is never taken from the command line (it would end
+/// up in shell history and in `ps`), and never printed.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Set a secret from stdin (read to its end; one trailing newline is dropped when typed at
+    /// a terminal) or from a file. New invocations see it without a redeploy.
+    Set {
+        /// The app (it need not be deployed yet).
+        app: String,
+        /// The secret's name: lowercase letters, digits, '-' or '_'.
+        name: String,
+        /// Read the value from this file (as is) instead of stdin.
+        #[arg(long, value_name = "PATH")]
+        from_file: Option<PathBuf>,
+    },
+    /// List the app's secrets: names and when each was set, never values.
+    Ls {
+        /// The app.
+        app: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret. Exits 1 when it was not set.
+    Rm {
+        /// The app.
+        app: String,
+        /// The secret's name.
+        name: String,
+    },
 }
 
 /// `nubo kv` subcommands.
@@ -354,5 +436,60 @@ pub enum KvCommand {
     Create {
         /// The store's name: lowercase letters, digits, '-' or '_'.
         store: String,
+    },
+}
+
+/// `nubo obj` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ObjCommand {
+    /// List the buckets, or with BUCKET[/PREFIX], its objects (size, time, etag) one level
+    /// below the prefix; deeper keys show once as their common prefix (PRE).
+    Ls {
+        /// A bucket, optionally followed by `/` and a key prefix.
+        #[arg(value_name = "BUCKET[/PREFIX]")]
+        target: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a bucket (deploys create the buckets their functions bind).
+    Mb {
+        /// The bucket's name: 3 to 63 lowercase letters, digits, '.' or '-' (S3 rules).
+        bucket: String,
+    },
+    /// Remove an empty bucket.
+    Rb {
+        /// The bucket.
+        bucket: String,
+    },
+    /// Upload FILE (or stdin, with `-` or no FILE) as the object KEY, replacing any object there.
+    Put {
+        /// The bucket (it must exist).
+        bucket: String,
+        /// The object's key.
+        key: String,
+        /// The file to upload, or `-` for stdin.
+        #[arg(value_name = "FILE|-")]
+        file: Option<String>,
+        /// The content type to store with the object.
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
+    },
+    /// Download the object KEY into FILE (or to stdout, with `-` or no FILE).
+    Get {
+        /// The bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
+        /// Where to write it, or `-` for stdout.
+        #[arg(value_name = "FILE|-")]
+        file: Option<String>,
+    },
+    /// Delete an object. Exits 1 when there was no such object.
+    Rm {
+        /// The bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
     },
 }

@@ -6,7 +6,10 @@ mod deploy;
 mod invoke;
 mod kv;
 mod logs;
+mod obj;
 mod rollout;
+mod s3;
+mod secrets;
 mod server;
 mod traffic;
 mod up;
@@ -141,6 +144,9 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Kv { command } => kv::run(command).await,
+        Command::Obj { command } => obj::run(command).await,
+        Command::S3 { command } => s3::run(command).await,
+        Command::Secrets { command } => secrets::run(command).await,
         Command::CompileWorker => Ok(ExitCode::from(2)),
     }
 }

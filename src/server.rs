@@ -41,6 +41,13 @@ pub struct ServerConfig {
     pub allow_host_network: bool,
     /// Host paths mounted read-only inside every process sandbox.
     pub sandbox_readonly: Vec<PathBuf>,
+    /// Address of the S3-compatible endpoint (port 0 picks one); `None` turns it off.
+    pub s3_listen: Option<SocketAddr>,
+    /// The S3 access key id from the operator (`NUBO_S3_ACCESS_KEY`); without it and the
+    /// secret, a pair is generated once and kept in the data dir.
+    pub s3_access_key: Option<String>,
+    /// The S3 secret from the operator (`NUBO_S3_SECRET_KEY`).
+    pub s3_secret_key: Option<String>,
 }
 
 /// The default state directory: `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
@@ -60,6 +67,10 @@ pub struct Server {
     listener: TcpListener,
     gateway: Arc<Gateway>,
     writer: nubo_store::RecordWriter,
+    /// The S3 endpoint's listener and service, when it runs.
+    s3: Option<(TcpListener, nubo_gateway::s3::S3Service)>,
+    s3_addr: Option<SocketAddr>,
+    drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -122,6 +133,8 @@ impl Server {
                 code_dir: config.data_dir.join("code"),
                 sandbox,
                 kv: Some(store.kv()),
+                objects: Some(store.objects()),
+                secrets: Some(store.secrets()?),
                 ..RuntimeConfig::default()
             })
             .context("starting the wasm runtime")?,
@@ -174,6 +187,29 @@ impl Server {
             )
         })?;
         let addr = listener.local_addr()?;
+        let (s3, s3_endpoint, s3_addr) = match config.s3_listen {
+            None => (None, None, None),
+            Some(at) => {
+                let credentials = nubo_gateway::s3::S3Credentials::resolve(
+                    &config.data_dir,
+                    config.s3_access_key.clone(),
+                    config.s3_secret_key.clone(),
+                )
+                .context("setting up the S3 endpoint's key pair")?;
+                let s3_listener = TcpListener::bind(at).await.with_context(|| {
+                    format!(
+                        "listening for S3 on {at} (is another server running there? use --s3-listen ADDR, or --s3-listen off)"
+                    )
+                })?;
+                let s3_addr = s3_listener.local_addr()?;
+                let service = nubo_gateway::s3::service(control.store().objects(), &credentials);
+                let endpoint = nubo_gateway::s3::S3Endpoint {
+                    url: format!("http://{s3_addr}"),
+                    credentials,
+                };
+                (Some((s3_listener, service)), Some(endpoint), Some(s3_addr))
+            }
+        };
         let gateway = Gateway::new(
             control,
             runtime,
@@ -184,6 +220,7 @@ impl Server {
                     .map_or(AdminAuth::LoopbackOnly, AdminAuth::Key),
                 drain_timeout: config.drain_timeout,
                 max_async_queue: config.max_async_queue,
+                s3: s3_endpoint,
                 ..GatewayConfig::default()
             },
             Some((event_writer, pending)),
@@ -198,6 +235,9 @@ impl Server {
             listener,
             gateway,
             writer,
+            s3,
+            s3_addr,
+            drain_timeout: config.drain_timeout,
         })
     }
 
@@ -206,15 +246,37 @@ impl Server {
         self.addr
     }
 
+    /// The S3 endpoint's bound address, when it runs.
+    pub fn s3_addr(&self) -> Option<SocketAddr> {
+        self.s3_addr
+    }
+
     /// Serves until `shutdown` completes, drains in-flight requests, and flushes records.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        use futures::FutureExt as _;
         let Server {
             listener,
             gateway,
             writer,
+            s3,
+            drain_timeout,
             ..
         } = self;
-        gateway.serve(listener, shutdown).await?;
+        // Both listeners stop on the same signal and drain side by side.
+        let shutdown = Box::pin(shutdown).shared();
+        let s3 = async {
+            match s3 {
+                Some((l, service)) => {
+                    nubo_gateway::s3::serve(l, service, shutdown.clone(), drain_timeout)
+                        .await
+                        .context("serving the S3 endpoint")
+                }
+                None => Ok(()),
+            }
+        };
+        let (main, s3) = tokio::join!(gateway.serve(listener, shutdown.clone()), s3);
+        main?;
+        s3?;
         // Give finished responses a moment to release their records, then flush them all.
         tokio::task::spawn_blocking(move || writer.shutdown()).await?;
         Ok(())

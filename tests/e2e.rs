@@ -17,7 +17,11 @@ mod e2e {
     mod lifecycle;
     mod limits;
     mod logs;
+    mod objects;
+    mod objects_fn;
     mod process;
+    mod s3;
     mod sandbox;
+    mod secrets;
     mod traffic;
 }

@@ -553,9 +553,17 @@ impl Bench {
 
     fn nubo_command(&self, data: &Path, core: Option<&str>) -> Command {
         let mut cmd = pinned(core, &self.nubo_bin());
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--drain-timeout", "1s"])
-            .arg("--data-dir")
-            .arg(data);
+        cmd.args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--s3-listen",
+            "off",
+            "--drain-timeout",
+            "1s",
+        ])
+        .arg("--data-dir")
+        .arg(data);
         clean_server_env(&mut cmd);
         cmd
     }

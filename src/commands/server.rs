@@ -19,6 +19,13 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
         sandbox: args.sandbox,
         allow_host_network: args.allow_host_network,
         sandbox_readonly: args.sandbox_readonly.clone(),
+        s3_listen: args.s3_listen.0,
+        s3_access_key: std::env::var("NUBO_S3_ACCESS_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+        s3_secret_key: std::env::var("NUBO_S3_SECRET_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
     }
 }
 
@@ -28,6 +35,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // The first stdout line names the bound address (tests and scripts read it with port 0).
     let mut out = std::io::stdout();
     writeln!(out, "nubo listening on http://{}", server.addr())?;
+    if let Some(s3) = server.s3_addr() {
+        writeln!(out, "s3 listening on http://{s3}")?;
+    }
     out.flush()?;
     tracing::info!(data_dir = %config.data_dir.display(), "serving");
     server.run(shutdown_signal()).await?;

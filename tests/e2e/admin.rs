@@ -32,6 +32,7 @@ fn admin_api_requires_the_key_when_one_is_set() {
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(tmp.path())
         .env("NUBO_ADMIN_KEY", "s3cret")
+        .env("NUBO_S3_LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

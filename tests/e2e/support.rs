@@ -61,6 +61,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stderr: std::sync::Arc<Mutex<String>>,
+    /// What the server printed to stdout after its first line.
+    stdout: std::sync::Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -104,6 +106,8 @@ impl Server {
             .args(extra)
             // Tests see the defaults unless they set a limit themselves.
             .env_remove("NUBO_MAX_CONCURRENCY")
+            // Servers run side by side: each S3 endpoint takes a free port (tests may override).
+            .env("NUBO_S3_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .env("NUBO_LOG", "info")
             .env_remove("NUBO_ADMIN_KEY")
@@ -124,9 +128,14 @@ impl Server {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
         out.read_line(&mut first).expect("reading the first line");
+        let stdout = std::sync::Arc::new(Mutex::new(String::new()));
+        let sink = stdout.clone();
         std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = out.read_to_string(&mut rest);
+            for line in out.lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
         });
         let addr = first
             .trim()
@@ -146,12 +155,18 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             stderr,
+            stdout,
         }
     }
 
     /// The base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// What the server has printed to stdout after its first line so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// What the server has written to stderr so far.

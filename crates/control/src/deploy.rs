@@ -115,6 +115,16 @@ pub enum DeployError {
         /// What there is instead and what to do.
         message: String,
     },
+    /// A function's env names a secret the app does not have.
+    #[error(
+        "secret {secret:?} of app {app:?} is not set: run `nubo secrets set {app} {secret}` first"
+    )]
+    SecretNotSet {
+        /// App.
+        app: String,
+        /// The secret's name.
+        secret: String,
+    },
     /// The store failed.
     #[error("storage error: {0}")]
     Store(StoreError),
@@ -139,6 +149,7 @@ impl DeployError {
             DeployError::Conflict { .. } => ErrorCode::Conflict,
             DeployError::RolloutInProgress { .. } => ErrorCode::RolloutInProgress,
             DeployError::RolloutNotFound { .. } => ErrorCode::RolloutNotFound,
+            DeployError::SecretNotSet { .. } => ErrorCode::SecretNotSet,
             DeployError::Store(_) | DeployError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -215,6 +226,23 @@ impl Control {
             .find(|k| !manifest.functions.contains_key(*k))
         {
             return Err(DeployError::UnexpectedComponent(extra.clone()));
+        }
+        // Every secret the functions' env names is set (a snapshot read: no IO). Values are
+        // read at each invocation, so a secret changed later needs no redeploy.
+        let secrets = self
+            .store
+            .secrets()
+            .map_err(|e| DeployError::Internal(format!("opening the secrets: {e}")))?;
+        if let Some(secret) = manifest
+            .functions
+            .values()
+            .flat_map(|f| f.secret_env.values())
+            .find(|s| !secrets.is_set(&manifest.app, s))
+        {
+            return Err(DeployError::SecretNotSet {
+                app: manifest.app.clone(),
+                secret: secret.clone(),
+            });
         }
         let app: Arc<str> = manifest.app.as_str().into();
         let percent = opts.traffic.unwrap_or(100);
@@ -351,6 +379,21 @@ impl Control {
             .await
             .map_err(join_err)?
             .map_err(|e| DeployError::Internal(format!("creating key-value stores: {e}")))?;
+        // Bound buckets likewise; an existing bucket and its objects are left as they are.
+        let objects = self.store.objects();
+        let buckets: Vec<String> = manifest
+            .functions
+            .values()
+            .flat_map(|f| f.buckets.clone())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            buckets
+                .iter()
+                .try_for_each(|b| objects.create_bucket(b).map(drop))
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(|e| DeployError::Internal(format!("creating buckets: {e}")))?;
         let store = self.store.clone();
         let expected = opts.expected_generation;
         let mut available: Vec<Arc<LiveRevision>> = current

@@ -30,6 +30,11 @@ pub use deploy::{DeployError, DeployOptions, route_infos};
 pub use live::{AppState, LiveApp, LiveRevision, RouteTarget, Routes};
 /// The key-value stores, for the gateway's admin endpoints (reached through [`Control::store`]).
 pub use nubo_store::kv;
+/// The object storage buckets, for the gateway's admin and S3 endpoints (reached through
+/// [`Control::store`]).
+pub use nubo_store::objects;
+/// The apps' secrets, for the gateway's admin endpoints (reached through [`Control::store`]).
+pub use nubo_store::secrets;
 /// Durable async invocations are stored by the store; the gateway accepts and delivers them
 /// through these (it does not depend on the store itself).
 pub use nubo_store::{

@@ -75,6 +75,9 @@ error_codes! {
     RangeNotSatisfiable => "range_not_satisfiable", 416, "the requested byte range starts beyond the end of the object";
     UploadNotFound => "upload_not_found", 404, "no unfinished multipart upload with that id exists (it was completed or aborted)";
     InvalidPart => "invalid_part", 400, "a multipart upload names a part that was not uploaded, whose etag differs, out of order, or smaller than 5 MiB while not the last";
+    SecretNotFound => "secret_not_found", 404, "the app has no secret with that name; set it with nubo secrets set APP NAME";
+    InvalidSecret => "invalid_secret", 400, "a secret name or value is invalid (names: 1 to 63 lowercase letters, digits, - or _; values: at most 64 KiB) or the app holds its maximum of 256 secrets";
+    SecretNotSet => "secret_not_set", 400, "a function's env names a secret that is not set for the app; set it with nubo secrets set APP NAME, then deploy";
     NotFound => "not_found", 404, "no such endpoint";
     Forbidden => "forbidden", 403, "the admin API accepts requests only from loopback unless an admin key is configured";
     Internal => "internal", 500, "Nubo failed while handling the request; the server log has details";

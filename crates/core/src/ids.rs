@@ -74,8 +74,7 @@ pub struct BucketNameError(pub String);
 pub fn validate_bucket_name(name: &str) -> Result<(), BucketNameError> {
     let b = name.as_bytes();
     let ok = (3..=63).contains(&b.len())
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
@@ -97,7 +96,16 @@ mod tests {
         for good in ["abc", "my-bucket.v2", &"x".repeat(63)] {
             assert!(validate_bucket_name(good).is_ok(), "{good:?} refused");
         }
-        for bad in ["ab", "My", "a_b", "-ab", "ab-", "a..b", "10.0.0.1", &"x".repeat(64)] {
+        for bad in [
+            "ab",
+            "My",
+            "a_b",
+            "-ab",
+            "ab-",
+            "a..b",
+            "10.0.0.1",
+            &"x".repeat(64),
+        ] {
             assert!(validate_bucket_name(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -185,3 +185,11 @@ pub const MAX_USER_METADATA_BYTES: usize = 2 * 1024;
 /// Most objects (plus common prefixes) one listing page returns (S3's limit); later ones by
 /// cursor. Bounds the answer and the time the read holds its connection.
 pub const MAX_LIST_OBJECTS: usize = 1_000;
+
+/// Largest secret value. Bounds the memory the decrypted snapshot holds per secret and what one
+/// value adds to a function's environment; certificates and keys fit, files belong in buckets.
+pub const MAX_SECRET_VALUE_BYTES: usize = 64 * 1024;
+
+/// Most secrets one app holds. Bounds the snapshot every server keeps decrypted in memory and
+/// the admin listing.
+pub const MAX_SECRETS_PER_APP: usize = 256;

@@ -665,7 +665,8 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 }
             }
         }
-        if env.len() + secret_env.len() > limits::MAX_ENV_VARS || env_bytes > limits::MAX_ENV_BYTES {
+        if env.len() + secret_env.len() > limits::MAX_ENV_VARS || env_bytes > limits::MAX_ENV_BYTES
+        {
             errs.push(src.err(
                 f_span,
                 format!(

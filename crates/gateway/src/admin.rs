@@ -3,6 +3,8 @@
 
 use crate::admin_async;
 use crate::admin_kv;
+use crate::admin_objects;
+use crate::admin_secrets;
 use crate::rescue::error_response;
 use crate::server::Gateway;
 use axum::Router;
@@ -123,6 +125,15 @@ pub(crate) fn router(weak: Gw) -> Router {
             post(admin_async::redrive),
         )
         .route("/_nubo/api/v1/metrics", get(metrics))
+        .route(
+            "/_nubo/api/v1/s3/credentials",
+            get(crate::s3::credentials_endpoint),
+        )
+        .route("/_nubo/api/v1/apps/{app}/secrets", get(admin_secrets::list))
+        .route(
+            "/_nubo/api/v1/apps/{app}/secrets/{name}",
+            put(admin_secrets::put).delete(admin_secrets::delete),
+        )
         .route("/_nubo/api/v1/kv", get(admin_kv::list_stores))
         .route("/_nubo/api/v1/kv/{store}", put(admin_kv::create_store))
         .route("/_nubo/api/v1/kv/{store}/keys", get(admin_kv::list_keys))
@@ -131,6 +142,25 @@ pub(crate) fn router(weak: Gw) -> Router {
             get(admin_kv::get_key)
                 .put(admin_kv::put_key)
                 .delete(admin_kv::delete_key),
+        )
+        .route("/_nubo/api/v1/buckets", get(admin_objects::list_buckets))
+        .route(
+            "/_nubo/api/v1/buckets/{bucket}",
+            put(admin_objects::create_bucket).delete(admin_objects::delete_bucket),
+        )
+        .route(
+            "/_nubo/api/v1/buckets/{bucket}/objects",
+            get(admin_objects::list_objects),
+        )
+        // Object bodies stream to disk up to `MAX_OBJECT_BYTES` (the put enforces it), so the
+        // admin API's body limit does not apply here.
+        .route(
+            "/_nubo/api/v1/buckets/{bucket}/objects/{*key}",
+            get(admin_objects::get_object)
+                .head(admin_objects::head_object)
+                .put(admin_objects::put_object)
+                .delete(admin_objects::delete_object)
+                .layer(DefaultBodyLimit::disable()),
         )
         .fallback(|| async {
             ApiError::Plain(

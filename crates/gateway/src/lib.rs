@@ -14,11 +14,14 @@
 mod admin;
 mod admin_async;
 mod admin_kv;
+mod admin_objects;
+mod admin_secrets;
 mod affinity;
 mod body;
 mod data;
 mod events;
 mod rescue;
+pub mod s3;
 mod server;
 
 pub use affinity::{AFFINITY_COOKIE, REV_PREFIX};

@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// Most async invocations waiting or running; past it, async submissions get 429.
     pub max_async_queue: u64,
+    /// The S3 endpoint, when it runs (reported by `GET /_nubo/api/v1/s3/credentials`).
+    pub s3: Option<crate::s3::S3Endpoint>,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +52,7 @@ impl Default for GatewayConfig {
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             max_async_queue: crate::events::DEFAULT_MAX_PENDING,
+            s3: None,
         }
     }
 }

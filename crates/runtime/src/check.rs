@@ -30,16 +30,23 @@ const KEYVALUE_PACKAGE: &str = "wasi:keyvalue/";
 /// See [`KEYVALUE_PACKAGE`].
 const KEYVALUE_VERSIONS: &[&str] = &["0.2.0-draft", "0.2.0-draft2"];
 
+/// Nubo's object storage package (WIT in `wit/nubo-objects/`) and the one version provided.
+const OBJECTS_PACKAGE: &str = "nubo:objects/";
+/// See [`OBJECTS_PACKAGE`].
+const OBJECTS_VERSION: &str = "0.1.0";
+
 /// Builds the linker every function is checked and instantiated against: all of WASI 0.2 plus
-/// wasi:http and `wasi:keyvalue` (0.2.0-draft and 0.2.0-draft2), so components from real
-/// toolchains link; policy in [`Host`] decides what they may actually do (which stores they
-/// may open).
+/// wasi:http, `wasi:keyvalue` (0.2.0-draft and 0.2.0-draft2) and `nubo:objects@0.1.0`, so
+/// components from real toolchains link; policy in [`Host`] decides what they may actually do
+/// (which stores and buckets they may open).
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::keyvalue::add_to_linker(&mut linker, Host::keyvalue)?;
     crate::keyvalue::draft2::add_to_linker(&mut linker, Host::keyvalue)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, Host::config)?;
+    crate::objects_host::add_to_linker(&mut linker, Host::objects)?;
     Ok(linker)
 }
 
@@ -175,6 +182,13 @@ fn import_message(error: &wasmtime::Error) -> String {
             "imports \"{name}\", which Nubo does not provide (Nubo implements \
              wasi:keyvalue@{}: build the function against one of those versions of the WIT)",
             KEYVALUE_VERSIONS.join(" and @")
+        );
+    }
+    if name.starts_with(OBJECTS_PACKAGE) && !name.ends_with(&format!("@{OBJECTS_VERSION}")) {
+        return format!(
+            "imports \"{name}\", which Nubo does not provide (Nubo implements \
+             nubo:objects@{OBJECTS_VERSION}: build the function against the WIT in Nubo's \
+             wit/nubo-objects/)"
         );
     }
     let causes: Vec<String> = error.chain().skip(1).map(|e| e.to_string()).collect();

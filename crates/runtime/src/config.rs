@@ -92,6 +92,13 @@ pub struct RuntimeConfig {
     /// The key-value stores functions bind (`kv = [...]`), for wasm and process functions
     /// alike; `None`: every store access is refused with a message saying the server has none.
     pub kv: Option<nubo_store::kv::Kv>,
+    /// The object storage whose buckets functions bind (`buckets = [...]`), for wasm and
+    /// process functions alike; `None`: every bucket access is refused with a message saying
+    /// the server has none.
+    pub objects: Option<nubo_store::objects::Objects>,
+    /// The apps' secrets, delivered to the functions whose `env` names them (wasm: at each
+    /// invocation; process: at each worker's spawn); `None`: such variables stay unset.
+    pub secrets: Option<nubo_store::secrets::Secrets>,
 }
 
 impl Default for RuntimeConfig {
@@ -107,6 +114,8 @@ impl Default for RuntimeConfig {
             sandbox: default_sandbox(),
             region: DEFAULT_REGION.to_owned(),
             kv: None,
+            objects: None,
+            secrets: None,
         }
     }
 }

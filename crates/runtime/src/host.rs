@@ -1,8 +1,9 @@
 //! The per-request host state a guest runs against: WASI and wasi:http contexts built from
-//! policy (no files, no sockets, no outbound HTTP), the function's key-value bindings, the memory
-//! limiter and the log capture.
+//! policy (no files, no sockets, no outbound HTTP), the function's key-value and bucket
+//! bindings, the memory limiter and the log capture.
 
 use crate::keyvalue::{KvBindings, KvCtx, KvView};
+use crate::objects_host::{ObjBindings, ObjCtx};
 use bytes::Bytes;
 use nubo_telemetry::{Invocation, Stream};
 use std::pin::Pin;
@@ -31,22 +32,27 @@ pub(crate) struct Host {
     pub(crate) table: ResourceTable,
     /// The key-value stores the function binds (`wasi:keyvalue`).
     pub(crate) kv: KvCtx,
+    /// The buckets the function binds (`nubo:objects`).
+    pub(crate) objects: ObjCtx,
     pub(crate) hooks: Hooks,
     pub(crate) limiter: MemoryLimiter,
     /// Epoch ticks the guest may still run before it is interrupted.
     pub(crate) ticks_left: u64,
+    /// What `wasi:config/store` serves: the function's `env`, secrets included.
+    pub(crate) config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
 }
 
 impl Host {
     /// Host state for one invocation of a function with `env`, `memory_limit` bytes of linear
-    /// memory and `ticks` epoch ticks of time, reaching the key-value stores of `kv`. Output goes
-    /// to `invocation`'s logs.
+    /// memory and `ticks` epoch ticks of time, reaching the key-value stores of `kv` and the
+    /// buckets of `objects`. Output goes to `invocation`'s logs.
     pub(crate) fn new(
         invocation: Option<&Invocation>,
         env: &[(String, String)],
         memory_limit: u64,
         ticks: u64,
         kv: Option<Arc<KvBindings>>,
+        objects: Option<Arc<ObjBindings>>,
     ) -> Host {
         let mut wasi = WasiCtx::builder();
         wasi.envs(env)
@@ -70,11 +76,13 @@ impl Host {
             http: WasiHttpCtx::new(),
             table,
             kv: KvCtx::new(kv, invocation),
+            objects: ObjCtx::new(objects, invocation),
             hooks: Hooks {
                 invocation: invocation.cloned(),
             },
             limiter: MemoryLimiter::new(memory_limit),
             ticks_left: ticks,
+            config: Arc::default(),
         }
     }
 }
@@ -89,9 +97,19 @@ impl WasiView for Host {
 }
 
 impl Host {
+    /// The `wasi:config/store` view of this state.
+    pub(crate) fn config(&mut self) -> wasmtime_wasi_config::WasiConfig<'_> {
+        wasmtime_wasi_config::WasiConfig::new(&self.config)
+    }
+
     /// The `wasi:keyvalue` view of this state.
     pub(crate) fn keyvalue(&mut self) -> KvView<'_> {
         KvView::new(&self.kv, &mut self.table)
+    }
+
+    /// The `nubo:objects` view of this state.
+    pub(crate) fn objects(&mut self) -> &mut ObjCtx {
+        &mut self.objects
     }
 }
 

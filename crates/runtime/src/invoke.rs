@@ -76,13 +76,22 @@ async fn invoke(
         invocation.set_cold(true);
     }
 
-    let host = Host::new(
-        invocation.as_ref(),
+    // The env and wasi:config variables, with the app's secrets as they are now.
+    let (env, config) = crate::secrets::for_invocation(
         &loaded.env,
+        &loaded.config,
+        loaded.secret_env.as_deref(),
+        invocation.as_ref(),
+    );
+    let mut host = Host::new(
+        invocation.as_ref(),
+        &env,
         loaded.memory_limit,
         loaded.ticks,
         loaded.kv.clone(),
+        loaded.objects.clone(),
     );
+    host.config = config;
     let mut store = Store::new(loaded.pre.engine(), host);
     store.limiter(|host| &mut host.limiter);
     // Every tick past the first the guest yields to other requests; when its ticks run out it

@@ -7,7 +7,8 @@
 //! - One engine, one epoch ticker thread, one pooling allocator per process.
 //! - No state is shared between requests: every invocation gets a new `Store` and instance.
 //! - Functions reach no files, sockets or outbound HTTP; they link against all of WASI 0.2 and
-//!   policy refuses each use. Through `wasi:keyvalue` they reach only the stores they bind.
+//!   policy refuses each use. Through `wasi:keyvalue` they reach only the stores they bind,
+//!   through `nubo:objects` (and process functions through `/nubo/v1/obj`) only the buckets.
 //! - The request path takes no lock (functions are published with `ArcSwap`) and never
 //!   compiles; admission (`limits`) is atomics unless the request has to wait.
 //! - An invocation holds its concurrency slot until its instance ended and its response body
@@ -19,9 +20,11 @@ mod host;
 mod invoke;
 mod keyvalue;
 mod limits;
+mod objects_host;
 mod process;
 mod runtime;
 pub mod sandbox;
+mod secrets;
 mod worker;
 
 pub use config::{

@@ -4,7 +4,7 @@
 //! `code` checks and unpacks their zip archives; `event` shapes API Gateway events and turns
 //! results into HTTP responses; `api` is the Runtime API each worker talks to; `pool` starts,
 //! lends, reaps and stops workers; `invoke` runs one invocation; `kv` is the key-value HTTP
-//! API served beside the Runtime API.
+//! API and `objects` the object storage HTTP API, both served beside the Runtime API.
 
 mod api;
 pub(crate) mod code;
@@ -12,6 +12,7 @@ mod env;
 pub(crate) mod event;
 mod invoke;
 mod kv;
+mod objects;
 mod pool;
 
 use crate::limits::FunctionLimit;
@@ -51,16 +52,27 @@ pub(crate) struct Functions {
     region: String,
     /// The server's key-value stores, reached by workers of functions that bind them.
     kv: Option<nubo_store::kv::Kv>,
+    /// The server's object storage, reached by workers of functions that bind buckets.
+    objects: Option<nubo_store::objects::Objects>,
+    /// The apps' secrets, put in the environment of workers whose function names them.
+    secrets: Option<nubo_store::secrets::Secrets>,
 }
 
 impl Functions {
+    /// Workers get the secrets their function's `env` names from `secrets`.
+    pub(crate) fn with_secrets(mut self, secrets: Option<nubo_store::secrets::Secrets>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
     /// No functions yet; workers will run under `policy`, code is unpacked under `code_dir`,
-    /// and workers reach the stores of `kv` their function binds.
+    /// and workers reach the stores of `kv` and the buckets of `objects` their function binds.
     pub(crate) fn new(
         policy: SandboxPolicy,
         code_dir: PathBuf,
         region: String,
         kv: Option<nubo_store::kv::Kv>,
+        objects: Option<nubo_store::objects::Objects>,
     ) -> Functions {
         Functions {
             map: ArcSwap::from_pointee(HashMap::new()),
@@ -69,6 +81,8 @@ impl Functions {
             code_dir,
             region,
             kv,
+            objects,
+            secrets: None,
         }
     }
 
@@ -157,6 +171,16 @@ impl Functions {
                 &target.function,
                 spec.kv.clone(),
             )),
+            objects: Arc::new(objects::ObjScope::new(
+                self.objects.clone(),
+                &target.function,
+                spec.buckets.clone(),
+            )),
+            secrets: crate::secrets::SecretEnv::new(
+                self.secrets.as_ref(),
+                &target.app,
+                &spec.secret_env,
+            ),
         };
         let loaded = ProcessFunction {
             pool: Pool::new(config, Arc::clone(&self.policy), Arc::clone(&limit)),

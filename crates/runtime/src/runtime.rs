@@ -6,6 +6,7 @@ use crate::config::{self, RuntimeConfig};
 use crate::host::Host;
 use crate::keyvalue::KvBindings;
 use crate::limits::{FunctionLimit, Limiter};
+use crate::objects_host::ObjBindings;
 use crate::worker;
 use arc_swap::ArcSwap;
 use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
@@ -55,6 +56,13 @@ pub(crate) struct Loaded {
     pub(crate) limit: Arc<FunctionLimit>,
     /// The key-value stores it binds; `None` when it binds none.
     pub(crate) kv: Option<Arc<KvBindings>>,
+    /// `wasi:config/store`'s variables: `env` (a function with secrets gets its own per
+    /// invocation).
+    pub(crate) config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    /// The secrets its `env` names; `None` when it names none.
+    pub(crate) secret_env: Option<Arc<crate::secrets::SecretEnv>>,
+    /// The buckets it binds; `None` when it binds none.
+    pub(crate) objects: Option<Arc<ObjBindings>>,
     /// The cached artifact the code came from, if it came from the cache.
     artifact: Option<PathBuf>,
 }
@@ -129,7 +137,9 @@ impl WasmRuntime {
                 config.code_dir.clone(),
                 config.region.clone(),
                 config.kv.clone(),
-            ),
+                config.objects.clone(),
+            )
+            .with_secrets(config.secrets.clone()),
             limits: Limiter::new(config.max_concurrency),
             artifact_key,
             config,
@@ -187,6 +197,19 @@ impl WasmRuntime {
             limit,
             kv: (!spec.kv.is_empty())
                 .then(|| Arc::new(KvBindings::new(self.config.kv.clone(), &spec.kv))),
+            config: Arc::new(
+                spec.env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            ),
+            secret_env: crate::secrets::SecretEnv::new(
+                self.config.secrets.as_ref(),
+                &function.target.app,
+                &spec.secret_env,
+            ),
+            objects: (!spec.buckets.is_empty())
+                .then(|| Arc::new(ObjBindings::new(self.config.objects.clone(), &spec.buckets))),
             artifact: match &function.artifact {
                 Artifact::File(path) => Some(path.clone()),
                 Artifact::Bytes(_) => None,

@@ -302,3 +302,18 @@ fn names_the_keyvalue_version_nubo_provides() {
         "{e}"
     );
 }
+
+#[test]
+fn names_the_objects_version_nubo_provides() {
+    let e = refused(&component(
+        r#"(component
+             (import "nubo:objects/objects@0.2.0" (instance (export "get" (func)))))"#,
+    ));
+    assert_eq!(e.code, ErrorCode::InvalidComponent);
+    assert!(
+        e.message.contains(
+            r#"imports "nubo:objects/objects@0.2.0", which Nubo does not provide (Nubo implements nubo:objects@0.1.0"#
+        ),
+        "{e}"
+    );
+}

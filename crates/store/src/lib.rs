@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! <data_dir>/nubo.db                                  SQLite: apps, revisions, records, logs
+//! <data_dir>/secret.key                               the key secrets are encrypted with
 //! <data_dir>/blobs/sha256/<2 hex>/<64 hex>            component code, named by its sha256
 //! <data_dir>/artifacts/<artifact_key>/<digest>.cwasm  compiled code, per engine build
+//! <data_dir>/objects/sha256/<2 hex>/<64 hex>          object content, named by its sha256
+//! <data_dir>/objects/parts/<upload id>/<part number>  parts of unfinished multipart uploads
+//! <data_dir>/objects/tmp/                             objects and parts being written
 //! ```
 //!
 //! Every method is synchronous; async callers run them on `spawn_blocking`.
@@ -31,10 +35,12 @@ mod blobs;
 mod error;
 mod events;
 pub mod kv;
+pub mod objects;
 mod records;
 mod revisions;
 mod rollout;
 mod schema;
+pub mod secrets;
 mod time;
 mod traffic;
 mod writer;
@@ -58,7 +64,7 @@ pub use writer::{
 use rusqlite::Connection;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// The database file's name inside the data directory.
@@ -81,6 +87,10 @@ pub struct Store {
     read: Mutex<Connection>,
     /// The key-value stores, on connections of their own (see [`kv::Kv`]).
     kv: kv::Kv,
+    /// The object storage buckets, on connections of their own (see [`objects::Objects`]).
+    objects: objects::Objects,
+    /// The apps' secrets, opened with the server key on first use (see [`Store::secrets`]).
+    secrets: OnceLock<secrets::Secrets>,
 }
 
 impl fmt::Debug for Store {
@@ -125,12 +135,15 @@ impl Store {
                 source,
             })?;
         let kv = kv::Kv::new(&db_path)?;
+        let objects = objects::Objects::new(&dir, &db_path)?;
         Ok(Store {
             dir,
             db_path,
             write: Mutex::new(write),
             read: Mutex::new(read),
             kv,
+            objects,
+            secrets: OnceLock::new(),
         })
     }
 
@@ -142,6 +155,33 @@ impl Store {
     /// A handle on the key-value stores of this data directory.
     pub fn kv(&self) -> kv::Kv {
         self.kv.clone()
+    }
+
+    /// A handle on the object storage buckets of this data directory.
+    pub fn objects(&self) -> objects::Objects {
+        self.objects.clone()
+    }
+
+    /// A handle on the apps' secrets, opened on the first call with the server key from
+    /// `NUBO_SECRET_KEY` or `<data dir>/secret.key` (generated when missing); later calls
+    /// share that handle and its snapshot. Fails when the key is malformed, the key file is
+    /// readable by others, or the key is not the one the stored secrets were written with.
+    pub fn secrets(&self) -> Result<secrets::Secrets, secrets::SecretError> {
+        let env = std::env::var(secrets::KEY_ENV).ok();
+        self.secrets_with_key(env.as_deref())
+    }
+
+    /// [`Store::secrets`] with the key given as 64 hex characters (`None`: the key file).
+    /// Only the first successful call opens the secrets; later calls return that handle.
+    pub fn secrets_with_key(
+        &self,
+        hex_key: Option<&str>,
+    ) -> Result<secrets::Secrets, secrets::SecretError> {
+        if let Some(s) = self.secrets.get() {
+            return Ok(s.clone());
+        }
+        let opened = secrets::Secrets::open(&self.dir, &self.db_path, hex_key)?;
+        Ok(self.secrets.get_or_init(|| opened).clone())
     }
 
     fn writer(&self) -> MutexGuard<'_, Connection> {

@@ -203,8 +203,82 @@ CREATE TABLE kv (
 CREATE INDEX kv_expiry ON kv (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 ";
 
+/// Version 7: object storage. `buckets` names each bucket with its running totals (objects and
+/// their bytes), updated in the same transaction as the object rows. Object content lives in
+/// files named by its sha256 under `<data dir>/objects/`; `object_contents` counts the objects
+/// that share one content file, so the file is removed when its last object goes. Keys are
+/// UTF-8 stored as BLOB so that ordering and prefix ranges are plain byte comparisons.
+/// `user_meta` is a JSON object of the `x-amz-meta-*` names and values. Unfinished multipart
+/// uploads and their parts (files under `objects/parts/<upload id>/`) have tables of their own.
+const V7: &str = "
+CREATE TABLE buckets (
+    name          TEXT    NOT NULL PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    objects       INTEGER NOT NULL DEFAULT 0,
+    bytes         INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE object_contents (
+    digest TEXT    NOT NULL PRIMARY KEY,
+    size   INTEGER NOT NULL,
+    refs   INTEGER NOT NULL CHECK (refs > 0)
+) WITHOUT ROWID;
+
+CREATE TABLE objects (
+    bucket           TEXT    NOT NULL REFERENCES buckets (name),
+    key              BLOB    NOT NULL,
+    digest           TEXT    NOT NULL REFERENCES object_contents (digest),
+    size             INTEGER NOT NULL,
+    etag             TEXT    NOT NULL,
+    content_type     TEXT,
+    user_meta        TEXT    NOT NULL,
+    last_modified_ms INTEGER NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+
+CREATE TABLE multipart_uploads (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    bucket        TEXT    NOT NULL REFERENCES buckets (name),
+    key           BLOB    NOT NULL,
+    content_type  TEXT,
+    user_meta     TEXT    NOT NULL,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX multipart_uploads_by_bucket ON multipart_uploads (bucket, key);
+
+CREATE TABLE multipart_parts (
+    upload_id   TEXT    NOT NULL REFERENCES multipart_uploads (id),
+    part_number INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    etag        TEXT    NOT NULL,
+    PRIMARY KEY (upload_id, part_number)
+) WITHOUT ROWID;
+";
+
+/// Version 8: the apps' secrets, encrypted with ChaCha20-Poly1305 under the server key (see
+/// `secrets.rs`): a random nonce per value, the app and name as associated data, so a value
+/// cannot be moved to another name. `secret_key_check` holds one known plaintext encrypted
+/// under the key the secrets were written with, so a start with another key is refused before
+/// any secret is written under it.
+const V8: &str = "
+CREATE TABLE secrets (
+    app           TEXT    NOT NULL,
+    name          TEXT    NOT NULL,
+    nonce         BLOB    NOT NULL,
+    ciphertext    BLOB    NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (app, name)
+) WITHOUT ROWID;
+
+CREATE TABLE secret_key_check (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    nonce      BLOB    NOT NULL,
+    ciphertext BLOB    NOT NULL
+);
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -133,6 +133,8 @@ struct LogBuf {
     bytes: usize,
     truncated: bool,
     partial: [Vec<u8>; 2],
+    /// Secret values replaced by `[secret]` in every line.
+    mask: Option<Arc<crate::mask::LogMask>>,
 }
 
 impl LogBuf {
@@ -158,11 +160,15 @@ impl LogBuf {
         if line.last() == Some(&b'\r') {
             line = &line[..line.len() - 1];
         }
-        self.bytes += line.len();
+        let masked = match &self.mask {
+            Some(mask) => mask.apply(line),
+            None => std::borrow::Cow::Borrowed(line),
+        };
+        self.bytes += masked.len();
         self.entries.push(LogEntry {
             time: SystemTime::now(),
             stream,
-            line: String::from_utf8_lossy(line).into_owned(),
+            line: String::from_utf8_lossy(&masked).into_owned(),
         });
     }
 
@@ -314,6 +320,12 @@ impl Invocation {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+    }
+
+    /// Masks the values in `mask` in every log line captured from now on (the function's
+    /// secrets, set by the runtime before the function runs).
+    pub fn set_log_mask(&self, mask: Arc<crate::mask::LogMask>) {
+        self.0.logs.lock().unwrap_or_else(|e| e.into_inner()).mask = Some(mask);
     }
 
     /// Appends function output; split into lines and bounded per invocation.

@@ -6,11 +6,13 @@
 //! counted as dropped instead of slowing requests down.
 
 mod invocation;
+mod mask;
 
 pub use invocation::{
     FinishedInvocation, Invocation, InvocationMeta, LogEntry, RecordSink, RecordSinkStats, Stream,
     record_channel,
 };
+pub use mask::{LogMask, MIN_MASKED_BYTES};
 
 /// Installs the global tracing subscriber: human-readable lines on stderr, filtered by
 /// `NUBO_LOG` (e.g. `NUBO_LOG=debug`), defaulting to `default_level`.

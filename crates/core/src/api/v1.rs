@@ -508,3 +508,73 @@ pub struct KvKeyPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
 }
+
+/// One object storage bucket, as listed by `GET /_nubo/api/v1/buckets`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketInfo {
+    /// The bucket's name.
+    pub name: String,
+    /// Objects held.
+    pub objects: u64,
+    /// Bytes of the objects held.
+    pub bytes: u64,
+    /// When the bucket was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// `GET /_nubo/api/v1/buckets`: every bucket, by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketList {
+    /// The buckets.
+    pub buckets: Vec<BucketInfo>,
+}
+
+/// One object's metadata, as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// The key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The entity tag, without quotes (hex MD5, or `<hex>-<parts>` for multipart uploads).
+    pub etag: String,
+    /// When it was written (RFC 3339).
+    pub last_modified: String,
+    /// Its content type, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// `GET /_nubo/api/v1/buckets/{bucket}/objects`: one page of objects in key order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectList {
+    /// The bucket.
+    pub bucket: String,
+    /// Objects of this page.
+    pub objects: Vec<ObjectInfo>,
+    /// Key prefixes rolled up by the delimiter.
+    #[serde(default)]
+    pub common_prefixes: Vec<String>,
+    /// Present when more may follow: pass it as `after` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// One secret of an app: its name and when it was last set. The value is never part of any
+/// answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretSummary {
+    /// The secret's name.
+    pub name: String,
+    /// When it was last set (RFC 3339).
+    pub updated_at: String,
+}
+
+/// `GET /_nubo/api/v1/apps/{app}/secrets`: the app's secrets by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretList {
+    /// The app.
+    pub app: String,
+    /// Its secrets, in name order.
+    pub secrets: Vec<SecretSummary>,
+}

@@ -375,8 +375,14 @@ fn env_values_are_text_or_secret_references() {
     .unwrap();
     let f = &m.functions["f"];
     assert_eq!(f.env.get("MODE").map(String::as_str), Some("prod"));
-    assert!(!f.env.contains_key("DB_URL"), "a secret is not a plain value");
-    assert_eq!(f.secret_env.get("DB_URL").map(String::as_str), Some("db_url"));
+    assert!(
+        !f.env.contains_key("DB_URL"),
+        "a secret is not a plain value"
+    );
+    assert_eq!(
+        f.secret_env.get("DB_URL").map(String::as_str),
+        Some("db_url")
+    );
     assert_eq!(f.kv, ["carts"]);
     assert_eq!(f.buckets, ["uploads"]);
 }

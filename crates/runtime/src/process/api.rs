@@ -1,16 +1,18 @@
 //! The AWS Lambda Runtime API served to one worker: a small HTTP/1 server on the worker's own
 //! listener that hands it one invocation at a time (`/next`) and takes back its result
 //! (`/response`, `/error`) or its failure to start (`/init/error`). Paths under
-//! `/nubo/v1/kv` go to the key-value API of the stores the function binds (`kv`).
+//! `/nubo/v1/kv` go to the key-value API of the stores the function binds (`kv`), paths under
+//! `/nubo/v1/obj` to the object storage API of the buckets it binds (`objects`).
 //!
 //! State machine per worker: no invocation is current until `/next` hands one out; only the
 //! current request id may answer, once. A second `/next` while one is current drops it
 //! unanswered (the runtime moved on), which its caller sees as "no response".
 
 use super::kv::{self, KvScope};
+use super::objects::{self, ObjBody, ObjScope};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::{Arc, Mutex};
@@ -105,6 +107,8 @@ pub(crate) struct Channel {
     spawned: Instant,
     /// The key-value stores this worker may reach under `/nubo/v1/kv/`.
     kv: Arc<KvScope>,
+    /// The buckets this worker may reach under `/nubo/v1/obj/`.
+    objects: Arc<ObjScope>,
 }
 
 struct Current {
@@ -121,12 +125,19 @@ impl Channel {
             status: watch::Sender::new(Status::default()),
             spawned,
             kv: Arc::new(KvScope::none()),
+            objects: Arc::new(ObjScope::none()),
         }
     }
 
     /// Lets the worker reach the key-value stores of `scope` (none by default).
     pub(crate) fn with_kv(mut self, scope: Arc<KvScope>) -> Channel {
         self.kv = scope;
+        self
+    }
+
+    /// Lets the worker reach the buckets of `scope` (none by default).
+    pub(crate) fn with_objects(mut self, scope: Arc<ObjScope>) -> Channel {
+        self.objects = scope;
         self
     }
 
@@ -151,7 +162,7 @@ pub(crate) async fn serve(listener: TcpListener, channel: Arc<Channel>) {
                     connections.spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let channel = Arc::clone(&channel);
-                            async move { Ok::<_, std::convert::Infallible>(handle(&channel, req).await) }
+                            async move { Ok::<_, std::convert::Infallible>(route(&channel, req).await) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -170,6 +181,14 @@ pub(crate) async fn serve(listener: TcpListener, channel: Arc<Channel>) {
 }
 
 type ApiResponse = Response<Full<Bytes>>;
+
+/// Sends object storage requests to their API, whose answers may stream; the rest is buffered.
+async fn route(channel: &Channel, req: Request<Incoming>) -> Response<ObjBody> {
+    if req.uri().path().starts_with(objects::PREFIX) {
+        return objects::handle(&channel.objects, req).await;
+    }
+    handle(channel, req).await.map(Either::Left)
+}
 
 async fn handle(channel: &Channel, req: Request<Incoming>) -> ApiResponse {
     let path = req.uri().path().to_owned();

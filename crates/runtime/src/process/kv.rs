@@ -61,25 +61,26 @@ impl KvScope {
 }
 
 /// A request that cannot be served: a public error code and a message naming the fix.
+/// Shared with the object storage API (`objects`).
 #[derive(Debug)]
-struct Failure {
-    code: ErrorCode,
-    message: String,
+pub(super) struct Failure {
+    pub(super) code: ErrorCode,
+    pub(super) message: String,
 }
 
 impl Failure {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+    pub(super) fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
         Failure {
             code,
             message: message.into(),
         }
     }
 
-    fn bad(message: impl Into<String>) -> Failure {
+    pub(super) fn bad(message: impl Into<String>) -> Failure {
         Failure::new(ErrorCode::BadRequest, message)
     }
 
-    fn into_response(self) -> KvResponse {
+    pub(super) fn into_response(self) -> KvResponse {
         let body = serde_json::json!({
             "error": { "code": self.code.as_str(), "message": self.message }
         });
@@ -359,7 +360,7 @@ fn key(raw: &str) -> Result<String, Failure> {
     Ok(key)
 }
 
-fn decode(raw: &str, what: &str) -> Result<String, Failure> {
+pub(super) fn decode(raw: &str, what: &str) -> Result<String, Failure> {
     percent_decode_str(raw)
         .decode_utf8()
         .map(|s| s.into_owned())
@@ -382,10 +383,10 @@ fn not_bound(scope: &KvScope, store: &str) -> Failure {
 }
 
 /// The query parameters of a request, form-decoded (`+` is a space).
-struct Query(Vec<(String, String)>);
+pub(super) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(query: Option<&str>) -> Result<Query, Failure> {
+    pub(super) fn parse(query: Option<&str>) -> Result<Query, Failure> {
         let mut params = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -397,7 +398,7 @@ impl Query {
     }
 
     /// Refuses parameters other than `allowed` (a misspelt one would otherwise be ignored).
-    fn only(&self, allowed: &[&str]) -> Result<(), Failure> {
+    pub(super) fn only(&self, allowed: &[&str]) -> Result<(), Failure> {
         match self
             .0
             .iter()
@@ -414,7 +415,7 @@ impl Query {
         }
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
@@ -553,13 +554,13 @@ fn required<T>(body: Option<T>) -> Result<T, Failure> {
     body.ok_or_else(|| Failure::bad("the request body is empty; send a JSON object"))
 }
 
-fn bytes_response(status: StatusCode, body: Bytes) -> KvResponse {
+pub(super) fn bytes_response(status: StatusCode, body: Bytes) -> KvResponse {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> KvResponse {
+pub(super) fn json_response(status: StatusCode, body: &serde_json::Value) -> KvResponse {
     let mut response = bytes_response(status, Bytes::from(body.to_string()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

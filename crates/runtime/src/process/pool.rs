@@ -8,10 +8,11 @@
 
 use super::api::{self, Channel, Job, Status};
 use super::kv::KvScope;
+use super::objects::ObjScope;
 use crate::limits::{FunctionLimit, InstanceGuard};
 use crate::sandbox::{Exit, SandboxPolicy, Sandboxed, WorkerSpec};
 use nubo_core::{FunctionTarget, InvokeError};
-use nubo_telemetry::{Invocation, Stream};
+use nubo_telemetry::{Invocation, LogMask, Stream};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +52,10 @@ pub(crate) struct WorkerConfig {
     pub(crate) min_instances: u32,
     /// The key-value stores its workers may reach (the function's `kv` bindings).
     pub(crate) kv: Arc<KvScope>,
+    /// The buckets its workers may reach (the function's `buckets` bindings).
+    pub(crate) objects: Arc<ObjScope>,
+    /// The secrets its `env` names, put in each worker's environment at spawn.
+    pub(crate) secrets: Option<Arc<crate::secrets::SecretEnv>>,
 }
 
 /// The workers of one (app, function, revision).
@@ -157,14 +162,19 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// The most recently idle worker that is still running.
+    /// The most recently idle worker that is still running and was started with the app's
+    /// current secrets (one started before a secret changed is stopped: its environment holds
+    /// the old value).
     pub(crate) fn take_idle(&self) -> Option<Worker> {
+        let secrets = self.secret_generation();
         let mut dead = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 match idle.pop() {
-                    Some(i) if i.worker.is_running() => break Some(i.worker),
+                    Some(i) if i.worker.is_running() && i.worker.secrets == secrets => {
+                        break Some(i.worker);
+                    }
                     Some(i) => dead.push(i.worker),
                     None => break None,
                 }
@@ -172,6 +182,11 @@ impl Pool {
         };
         drop(dead);
         found
+    }
+
+    /// The generation of the secrets the function's workers must have been started with.
+    fn secret_generation(&self) -> u64 {
+        self.config.secrets.as_ref().map_or(0, |s| s.generation())
     }
 
     fn put_idle(&self, worker: Worker) {
@@ -221,6 +236,12 @@ impl Pool {
         let id = worker_id(n);
         let config = &self.config;
         let mut env = config.env.clone();
+        // Read once: the generation the worker is tagged with is the one its values came from.
+        let secrets = config.secrets.as_ref().and_then(|s| s.current());
+        let secret_generation = secrets.as_ref().map_or(0, |s| s.generation());
+        if let Some(secret_env) = &config.secrets {
+            secret_env.extend(secrets.as_deref(), &mut env);
+        }
         env.push((
             "AWS_LAMBDA_LOG_STREAM_NAME".into(),
             format!(
@@ -258,8 +279,17 @@ impl Pool {
             InvokeError::Internal("the sandbox handed out no Runtime API listener".into())
         })?;
         let (jobs, receiver) = mpsc::channel(1);
-        let channel = Arc::new(Channel::new(receiver, spawned).with_kv(Arc::clone(&config.kv)));
-        let logs = Arc::new(LogSink::new(&config.target, &id));
+        let channel = Arc::new(
+            Channel::new(receiver, spawned)
+                .with_kv(Arc::clone(&config.kv))
+                .with_objects(Arc::clone(&config.objects)),
+        );
+        let mut logs = LogSink::new(&config.target, &id);
+        logs.mask = secrets
+            .as_ref()
+            .map(|s| Arc::clone(s.log_mask()))
+            .filter(|m| !m.is_empty());
+        let logs = Arc::new(logs);
         let mut readers = Vec::new();
         if let Some(out) = sandboxed.stdout() {
             readers.push(tokio::spawn(read_lines(
@@ -291,6 +321,7 @@ impl Pool {
             channel,
             jobs,
             logs,
+            secrets: secret_generation,
             _kill: kill,
             _live: LiveGuard(Arc::clone(&self.live)),
             _instance: self.limit.instance(),
@@ -369,6 +400,8 @@ pub(crate) struct Worker {
     pub(crate) channel: Arc<Channel>,
     pub(crate) jobs: mpsc::Sender<Job>,
     pub(crate) logs: Arc<LogSink>,
+    /// The generation of the app's secrets in its environment.
+    secrets: u64,
     /// Dropped with the worker: its supervisor then kills the sandbox.
     _kill: oneshot::Sender<()>,
     _live: LiveGuard,
@@ -485,6 +518,9 @@ pub(crate) struct LogSink {
     function: Arc<str>,
     worker: String,
     state: Mutex<LogState>,
+    /// The function's secret values, replaced by `[secret]` in every line: in the
+    /// invocation's logs, the server log and crash messages alike.
+    mask: Option<Arc<LogMask>>,
 }
 
 #[derive(Default)]
@@ -503,6 +539,7 @@ impl LogSink {
             function: Arc::clone(&target.function),
             worker: worker.to_owned(),
             state: Mutex::new(LogState::default()),
+            mask: None,
         }
     }
 
@@ -540,6 +577,11 @@ impl LogSink {
     }
 
     fn line(&self, stream: Stream, line: &[u8]) {
+        let line = match &self.mask {
+            Some(mask) => mask.apply(line),
+            None => std::borrow::Cow::Borrowed(line),
+        };
+        let line = &*line;
         let text = String::from_utf8_lossy(line);
         let mut state = self.lock();
         state.recent_bytes += text.len();

@@ -86,6 +86,10 @@ pub struct FunctionSpec {
     /// Object storage buckets the function may use, by name; it can reach no other.
     #[serde(default)]
     pub buckets: Vec<String>,
+    /// Where the function may connect (`allowed_hosts`), as written; checked with
+    /// [`crate::egress::Allowlist::parse`] when the manifest is parsed. Empty: nowhere.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Environment variables whose values are the app's secrets: variable → secret name
     /// (`env = { DB_URL = { secret = "db_url" } }`). Only names are stored with the revision.
     #[serde(default)]
@@ -694,6 +698,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 kv,
                 buckets,
                 secret_env,
+                allowed_hosts: Vec::new(),
             },
         );
     }

@@ -62,6 +62,7 @@ pub fn spec(memory: u64, timeout_ms: u64, env: &[(&str, &str)]) -> FunctionSpec 
         kv: Vec::new(),
         buckets: Vec::new(),
         secret_env: Default::default(),
+        allowed_hosts: Vec::new(),
     }
 }
 

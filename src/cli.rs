@@ -46,7 +46,7 @@ pub struct ServerArgs {
     /// Whether process functions' workers run in the sandbox (own namespaces, read-only code,
     /// private /tmp, unprivileged user, memory and process caps). `off` runs them as plain
     /// child processes: for development on machines where the sandbox cannot be set up.
-    #[arg(long, env = "NUBO_SANDBOX", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, env = "NUBO_SANDBOX", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub sandbox: bool,
     /// Let process functions that ask for `network = "host"` share the server's network.
     #[arg(long, env = "NUBO_ALLOW_HOST_NETWORK")]

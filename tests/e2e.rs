@@ -10,6 +10,8 @@ mod e2e {
     mod bad_input;
     mod deploy;
     mod destinations;
+    mod egress;
+    mod egress_process;
     mod errors;
     mod kv;
     mod kv_process;

@@ -75,6 +75,12 @@ pub(crate) async fn show(id: &str, json: bool) -> anyhow::Result<ExitCode> {
                 (false, _) => println!("  start:     warm"),
             }
             println!("  bytes:     {} in, {} out", r.bytes_in, r.bytes_out);
+            if r.outbound_requests > 0 {
+                println!(
+                    "  outbound:  {} requests, {} bytes sent, {} received",
+                    r.outbound_requests, r.outbound_bytes_out, r.outbound_bytes_in
+                );
+            }
             print_logs(&detail.logs, "");
             if r.logs_truncated {
                 println!("  (log lines were cut at the per-invocation limit)");

@@ -106,5 +106,10 @@ fn outbound_requests_are_denied() {
     let id = r.header("nubo-invocation-id").unwrap().to_string();
     let inv = s.invocation(&id);
     let logs = inv["logs"].to_string();
-    assert!(logs.contains("outbound hosts are not allowed"), "{logs}");
+    assert!(
+        logs.contains(
+            r#"outbound request to http://example.com:80 refused: not in allowed_hosts; add allowed_hosts = [\"http://example.com\"] to [function.out] to allow it"#
+        ),
+        "{logs}"
+    );
 }

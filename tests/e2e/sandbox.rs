@@ -59,6 +59,7 @@ impl Fixture {
             memory_bytes: 128 * MIB,
             tmp_bytes: 8 * MIB,
             host_network: false,
+            egress_proxy: false,
         }
     }
 }

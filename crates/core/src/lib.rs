@@ -6,6 +6,7 @@
 
 pub mod api;
 mod dispatch;
+pub mod egress;
 pub mod engine;
 mod error;
 mod ids;

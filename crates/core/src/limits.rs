@@ -193,3 +193,13 @@ pub const MAX_SECRET_VALUE_BYTES: usize = 64 * 1024;
 /// Most secrets one app holds. Bounds the snapshot every server keeps decrypted in memory and
 /// the admin listing.
 pub const MAX_SECRETS_PER_APP: usize = 256;
+
+/// Most outbound requests (`wasi:http` from a guest, allowed or refused) one invocation may
+/// make. Bounds how far one request can be amplified into traffic towards other hosts (a guest
+/// looping on a remote call, or used as a scanner); a process function's proxy counts the same.
+pub const MAX_OUTBOUND_REQUESTS: u64 = 100;
+
+/// Longest wait for one outbound request to connect and answer its status line (connect plus
+/// first byte), capped further by the function's remaining time. Bounds how long a slow or
+/// silent remote host holds an invocation's slot and a pooled connection attempt.
+pub const OUTBOUND_REQUEST_TIMEOUT_MS: u64 = 30_000;

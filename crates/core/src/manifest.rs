@@ -632,13 +632,16 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
             }
             None => limits::DEFAULT_MAX_REQUEST_BODY,
         };
-        if let Some(hosts) = &f.allowed_hosts
-            && !hosts.get_ref().is_empty()
-        {
-            errs.push(src.err(hosts, format!(
-                "{at} allowed_hosts: outbound HTTP is not available in this version of Nubo; remove allowed_hosts (functions cannot reach the network yet)"
-            )));
-        }
+        let allowed_hosts = match &f.allowed_hosts {
+            Some(hosts) => match crate::egress::Allowlist::parse(hosts.get_ref()) {
+                Ok(_) => hosts.get_ref().clone(),
+                Err(e) => {
+                    errs.push(src.err(hosts, format!("{at} {e}")));
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
         let concurrency = concurrency(src, &at, f, &mut errs);
         let retry = retry(src, &at, f, &mut errs);
         let process = process(src, &at, runtime, f, concurrency, &mut errs);
@@ -698,7 +701,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 kv,
                 buckets,
                 secret_env,
-                allowed_hosts: Vec::new(),
+                allowed_hosts,
             },
         );
     }

@@ -1,14 +1,16 @@
 //! The per-request host state a guest runs against: WASI and wasi:http contexts built from
-//! policy (no files, no sockets, no outbound HTTP), the function's key-value and bucket
-//! bindings, the memory limiter and the log capture.
+//! policy (no files, no sockets, outbound HTTP only to the function's `allowed_hosts`), the
+//! function's key-value and bucket bindings, the memory limiter and the log capture.
 
 use crate::keyvalue::{KvBindings, KvCtx, KvView};
 use crate::objects_host::{ObjBindings, ObjCtx};
+use crate::outbound::{Egress, OutboundCtx, SendRequestFuture};
 use bytes::Bytes;
 use nubo_telemetry::{Invocation, Stream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -44,15 +46,22 @@ pub(crate) struct Host {
 
 impl Host {
     /// Host state for one invocation of a function with `env`, `memory_limit` bytes of linear
-    /// memory and `ticks` epoch ticks of time, reaching the key-value stores of `kv` and the
-    /// buckets of `objects`. Output goes to `invocation`'s logs.
+    /// memory and `ticks` epoch ticks of time (`timeout` of wall time), reaching the key-value
+    /// stores of `kv`, the buckets of `objects` and the hosts `egress` allows. Output goes to
+    /// `invocation`'s logs.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site, each a distinct binding"
+    )]
     pub(crate) fn new(
         invocation: Option<&Invocation>,
         env: &[(String, String)],
         memory_limit: u64,
         ticks: u64,
+        timeout: Duration,
         kv: Option<Arc<KvBindings>>,
         objects: Option<Arc<ObjBindings>>,
+        egress: Option<Arc<Egress>>,
     ) -> Host {
         let mut wasi = WasiCtx::builder();
         wasi.envs(env)
@@ -78,7 +87,7 @@ impl Host {
             kv: KvCtx::new(kv, invocation),
             objects: ObjCtx::new(objects, invocation),
             hooks: Hooks {
-                invocation: invocation.cloned(),
+                outbound: OutboundCtx::new(egress, invocation, timeout),
             },
             limiter: MemoryLimiter::new(memory_limit),
             ticks_left: ticks,
@@ -170,39 +179,20 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// wasi:http policy hooks: every outbound request is refused and the refusal logged to the
-/// function's own output, where its author will look.
+/// wasi:http policy hooks: outbound requests go through the function's egress policy
+/// (`outbound`); refusals are logged to the function's own output, where its author will look.
 pub(crate) struct Hooks {
-    invocation: Option<Invocation>,
+    outbound: OutboundCtx,
 }
-
-type SendRequestFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<wasmtime_wasi_http::WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            )>,
-        > + Send,
->;
 
 impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendRequestFuture {
-        if let Some(invocation) = &self.invocation {
-            let line = format!(
-                "[nubo] outbound request to {} denied: functions cannot reach the network \
-                 (outbound hosts are not allowed in this version)\n",
-                request.uri()
-            );
-            invocation.write_log(Stream::Stderr, line.as_bytes());
-        }
-        Box::new(std::future::ready(Err(
-            wasmtime_wasi_http::Error::HttpRequestDenied,
-        )))
+        self.outbound.send(request, options)
     }
 }
 

@@ -88,8 +88,10 @@ async fn invoke(
         &env,
         loaded.memory_limit,
         loaded.ticks,
+        loaded.timeout,
         loaded.kv.clone(),
         loaded.objects.clone(),
+        loaded.egress.clone(),
     );
     host.config = config;
     let mut store = Store::new(loaded.pre.engine(), host);

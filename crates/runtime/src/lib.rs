@@ -6,8 +6,9 @@
 //! Invariants:
 //! - One engine, one epoch ticker thread, one pooling allocator per process.
 //! - No state is shared between requests: every invocation gets a new `Store` and instance.
-//! - Functions reach no files, sockets or outbound HTTP; they link against all of WASI 0.2 and
-//!   policy refuses each use. Through `wasi:keyvalue` they reach only the stores they bind,
+//! - Functions reach no files or sockets, and outbound HTTP only to their `allowed_hosts` (with
+//!   SSRF checks on every resolved address); they link against all of WASI 0.2 and policy
+//!   refuses each other use. Through `wasi:keyvalue` they reach only the stores they bind,
 //!   through `nubo:objects` (and process functions through `/nubo/v1/obj`) only the buckets.
 //! - The request path takes no lock (functions are published with `ArcSwap`) and never
 //!   compiles; admission (`limits`) is atomics unless the request has to wait.
@@ -21,6 +22,7 @@ mod invoke;
 mod keyvalue;
 mod limits;
 mod objects_host;
+mod outbound;
 mod process;
 mod runtime;
 pub mod sandbox;

@@ -4,10 +4,12 @@
 //! `code` checks and unpacks their zip archives; `event` shapes API Gateway events and turns
 //! results into HTTP responses; `api` is the Runtime API each worker talks to; `pool` starts,
 //! lends, reaps and stops workers; `invoke` runs one invocation; `kv` is the key-value HTTP
-//! API and `objects` the object storage HTTP API, both served beside the Runtime API.
+//! API and `objects` the object storage HTTP API, both served beside the Runtime API; `egress`
+//! is the HTTP proxy through which workers of functions with `allowed_hosts` reach the network.
 
 mod api;
 pub(crate) mod code;
+mod egress;
 mod env;
 pub(crate) mod event;
 mod invoke;
@@ -155,6 +157,19 @@ impl Functions {
                     .into(),
             });
         }
+        let egress = if spec.allowed_hosts.is_empty() {
+            None
+        } else {
+            let allowlist =
+                nubo_core::egress::Allowlist::parse(&spec.allowed_hosts).map_err(|e| {
+                    CodeError {
+                        function: name.clone(),
+                        code: ErrorCode::InvalidManifest,
+                        message: e,
+                    }
+                })?;
+            Some(Arc::new(allowlist))
+        };
         let target = function.target;
         let config = WorkerConfig {
             target: target.clone(),
@@ -164,6 +179,7 @@ impl Functions {
             memory_bytes: spec.memory,
             tmp_bytes: spec.process.tmp_bytes,
             host_network,
+            egress,
             idle_timeout: spec.process.idle_timeout(),
             min_instances: spec.process.min_instances,
             kv: Arc::new(kv::KvScope::new(

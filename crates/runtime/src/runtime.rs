@@ -9,6 +9,7 @@ use crate::limits::{FunctionLimit, Limiter};
 use crate::objects_host::ObjBindings;
 use crate::worker;
 use arc_swap::ArcSwap;
+use nubo_core::egress::Allowlist;
 use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
 use nubo_core::manifest::Runtime;
 use nubo_core::{ErrorCode, FunctionTarget};
@@ -63,6 +64,8 @@ pub(crate) struct Loaded {
     pub(crate) secret_env: Option<Arc<crate::secrets::SecretEnv>>,
     /// The buckets it binds; `None` when it binds none.
     pub(crate) objects: Option<Arc<ObjBindings>>,
+    /// Its outbound HTTP client and `allowed_hosts`; `None` when it may reach no host.
+    pub(crate) egress: Option<Arc<crate::outbound::Egress>>,
     /// The cached artifact the code came from, if it came from the cache.
     artifact: Option<PathBuf>,
 }
@@ -182,6 +185,9 @@ impl WasmRuntime {
         })?;
         let pre = check::pre_instantiate(&self.linker, name, &component)?;
         let spec = &function.spec;
+        // Validated when the manifest was parsed; a revision stored before then has none.
+        let allowlist = Allowlist::parse(&spec.allowed_hosts)
+            .map_err(|e| code_error(name, ErrorCode::InvalidManifest, e))?;
         let timeout = spec.timeout();
         let loaded = Loaded {
             pre,
@@ -210,6 +216,7 @@ impl WasmRuntime {
             ),
             objects: (!spec.buckets.is_empty())
                 .then(|| Arc::new(ObjBindings::new(self.config.objects.clone(), &spec.buckets))),
+            egress: crate::outbound::Egress::new(allowlist),
             artifact: match &function.artifact {
                 Artifact::File(path) => Some(path.clone()),
                 Artifact::Bytes(_) => None,

@@ -6,7 +6,9 @@
 //!
 //! Nubo re-executes its own binary as `nubo __sandbox` (the launcher, see `launcher`), passes
 //! it a `SOCK_SEQPACKET` control socket as stdin and receives back the Runtime API listener the
-//! launcher bound on `127.0.0.1:9001` inside the worker's network namespace (SCM_RIGHTS).
+//! launcher bound on `127.0.0.1:9001` inside the worker's network namespace (SCM_RIGHTS) and,
+//! when the function may reach the network, the egress proxy listener bound on
+//! `127.0.0.1:9002` there: the worker's only way out, served by Nubo (`process::egress`).
 //!
 //! Invariants:
 //! - A worker's processes are in its cgroup before its program starts (the launcher is moved
@@ -54,6 +56,16 @@ pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `PATH` used to find a bare command name when the worker's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Variables that point HTTP clients at the egress proxy (both spellings: libcurl reads only
+/// the lowercase `http_proxy`, other clients prefer the uppercase ones).
+const PROXY_VARIABLES: [&str; 4] = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"];
+
+/// Variables that keep the Runtime API (and the worker's own loopback) off the proxy.
+const NO_PROXY_VARIABLES: [&str; 2] = ["NO_PROXY", "no_proxy"];
+
+/// What `NO_PROXY` holds: the Runtime API is on loopback and must not go through the proxy.
+const NO_PROXY: &str = "127.0.0.1,localhost";
 
 /// Longest worker name: it becomes the hostname (at most 64 bytes) and a cgroup directory.
 const MAX_NAME_LEN: usize = 63;
@@ -113,6 +125,12 @@ pub struct WorkerSpec {
     pub tmp_bytes: u64,
     /// Share the host network namespace (only if the policy allows; else an error).
     pub host_network: bool,
+    /// Hand out an egress proxy listener too ([`Sandboxed::proxy_listener`]) and point the
+    /// program's `HTTP_PROXY`, `HTTPS_PROXY` (and lowercase forms) at it, with `NO_PROXY`
+    /// covering loopback. Sandboxed, it is `127.0.0.1:9002` inside the worker's network
+    /// namespace, the worker's only way out; with the host network or the sandbox off it is a
+    /// host loopback port, and only advisory (the program can connect directly).
+    pub egress_proxy: bool,
 }
 
 /// Why a worker could not be started.
@@ -282,6 +300,7 @@ pub fn launcher_main() -> ExitCode {
 pub struct Sandboxed {
     child: Child,
     listener: Option<TcpListener>,
+    proxy_listener: Option<TcpListener>,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     /// Control socket to the launcher (sandboxed workers only).
@@ -325,6 +344,11 @@ impl Sandboxed {
     /// The Runtime API listener (taken once).
     pub fn listener(&mut self) -> Option<TcpListener> {
         self.listener.take()
+    }
+
+    /// The egress proxy listener (taken once); only when the spec asked for one.
+    pub fn proxy_listener(&mut self) -> Option<TcpListener> {
+        self.proxy_listener.take()
     }
 
     /// The program's standard output (taken once).
@@ -460,20 +484,56 @@ fn validate_name(name: &str) -> Result<(), SpawnError> {
     }
 }
 
-/// The environment the program gets: the caller's, minus the two variables the sandbox owns.
+/// The environment the program gets: the caller's, minus the variables the sandbox owns (the
+/// two Runtime API ones, and the proxy ones when `proxy` is the egress proxy's address).
 fn program_env(
     spec_env: &[(String, String)],
     api: String,
     task_root: String,
+    proxy: Option<String>,
 ) -> Vec<(String, String)> {
+    let owned = |k: &str| {
+        k == "AWS_LAMBDA_RUNTIME_API"
+            || k == "LAMBDA_TASK_ROOT"
+            || (proxy.is_some()
+                && (PROXY_VARIABLES.contains(&k) || NO_PROXY_VARIABLES.contains(&k)))
+    };
     let mut env: Vec<(String, String)> = spec_env
         .iter()
-        .filter(|(k, _)| k != "AWS_LAMBDA_RUNTIME_API" && k != "LAMBDA_TASK_ROOT")
+        .filter(|(k, _)| !owned(k))
         .cloned()
         .collect();
     env.push(("AWS_LAMBDA_RUNTIME_API".into(), api));
     env.push(("LAMBDA_TASK_ROOT".into(), task_root));
+    if let Some(proxy) = proxy {
+        let url = format!("http://{proxy}");
+        for name in PROXY_VARIABLES {
+            env.push((name.into(), url.clone()));
+        }
+        for name in NO_PROXY_VARIABLES {
+            env.push((name.into(), NO_PROXY.into()));
+        }
+    }
     env
+}
+
+/// A listener on an ephemeral host loopback port (unsandboxed or host-network workers).
+fn bind_host_loopback(what: &'static str) -> Result<(std::net::TcpListener, String), SpawnError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_error(what))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_error("reading the listener address"))?
+        .to_string();
+    Ok((listener, addr))
+}
+
+/// Registers a listener with tokio.
+fn async_listener(
+    listener: std::net::TcpListener,
+    what: &'static str,
+) -> Result<TcpListener, SpawnError> {
+    listener.set_nonblocking(true).map_err(io_error(what))?;
+    TcpListener::from_std(listener).map_err(io_error(what))
 }
 
 fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
@@ -498,23 +558,29 @@ async fn spawn_sandboxed(
     let code_dir =
         std::path::absolute(&spec.code_dir).map_err(io_error("resolving the code directory"))?;
     let host_listener = if spec.host_network {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(io_error("binding the Runtime API listener"))?;
-        Some(listener)
+        Some(bind_host_loopback("binding the Runtime API listener")?)
     } else {
         None
     };
     let api = match &host_listener {
-        Some(l) => l
-            .local_addr()
-            .map_err(io_error("reading the listener address"))?
-            .to_string(),
+        Some((_, addr)) => addr.clone(),
         None => launcher::RUNTIME_API_ADDR.to_owned(),
+    };
+    let host_proxy = if spec.host_network && spec.egress_proxy {
+        Some(bind_host_loopback("binding the egress proxy listener")?)
+    } else {
+        None
+    };
+    let proxy = match &host_proxy {
+        Some((_, addr)) => Some(addr.clone()),
+        None => spec
+            .egress_proxy
+            .then(|| launcher::EGRESS_PROXY_ADDR.to_owned()),
     };
     let config = LaunchConfig {
         name: spec.name.clone(),
         code_dir,
-        env: program_env(&spec.env, api, launcher::TASK_ROOT.to_owned()),
+        env: program_env(&spec.env, api, launcher::TASK_ROOT.to_owned(), proxy),
         argv: spec.argv,
         tmp_bytes: spec.tmp_bytes,
         uid: policy.uid,
@@ -524,6 +590,7 @@ async fn spawn_sandboxed(
         new_root,
         max_processes: MAX_PROCESSES_PER_USER,
         max_open_files: MAX_OPEN_FILES,
+        egress_proxy: spec.egress_proxy,
     };
     let config = serde_json::to_vec(&config)
         .map_err(|e| SpawnError::Setup(format!("encoding the launch settings: {e}")))?;
@@ -575,6 +642,7 @@ async fn spawn_sandboxed(
         stderr: child.stderr.take(),
         child,
         listener: None,
+        proxy_listener: None,
         control: None,
         cgroup: Some(cgroup),
         process_group: None,
@@ -608,8 +676,8 @@ async fn spawn_sandboxed(
             .await
             .map_err(io_error("reading the sandbox's answer"))?
         {
-            Some((len, fd)) => match Report::decode(&buf[..len]) {
-                Some(Report::Ready) => Ok(fd),
+            Some((len, fds)) => match Report::decode(&buf[..len]) {
+                Some(Report::Ready) => Ok(fds),
                 Some(Report::Error(message)) => Err(SpawnError::Setup(message)),
                 other => Err(SpawnError::Setup(format!(
                     "unexpected answer from the sandbox launcher: {other:?}"
@@ -628,36 +696,48 @@ async fn spawn_sandboxed(
             )));
         }
     };
-    let listener = match (host_listener, passed) {
-        (Some(listener), _) => listener,
-        (None, Some(fd)) => std::net::TcpListener::from(fd),
-        (None, None) => {
-            return Err(SpawnError::Setup(
-                "the sandbox launcher sent no Runtime API listener".into(),
-            ));
-        }
+    let mut passed = passed.into_iter().map(std::net::TcpListener::from);
+    let listener = match host_listener {
+        Some((listener, _)) => listener,
+        None => passed.next().ok_or_else(|| {
+            SpawnError::Setup("the sandbox launcher sent no Runtime API listener".into())
+        })?,
     };
-    listener
-        .set_nonblocking(true)
-        .map_err(io_error("configuring the Runtime API listener"))?;
-    worker.listener = Some(
-        TcpListener::from_std(listener)
-            .map_err(io_error("registering the Runtime API listener"))?,
-    );
+    worker.listener = Some(async_listener(
+        listener,
+        "registering the Runtime API listener",
+    )?);
+    if spec.egress_proxy {
+        let proxy = match host_proxy {
+            Some((listener, _)) => listener,
+            None => passed.next().ok_or_else(|| {
+                SpawnError::Setup("the sandbox launcher sent no egress proxy listener".into())
+            })?,
+        };
+        worker.proxy_listener = Some(async_listener(
+            proxy,
+            "registering the egress proxy listener",
+        )?);
+    }
     worker.control = Some(control);
     Ok(worker)
 }
 
 fn spawn_unsandboxed(spec: &WorkerSpec) -> Result<Sandboxed, SpawnError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(io_error("binding the Runtime API listener"))?;
-    let api = listener
-        .local_addr()
-        .map_err(io_error("reading the listener address"))?
-        .to_string();
+    let (listener, api) = bind_host_loopback("binding the Runtime API listener")?;
+    let proxy = if spec.egress_proxy {
+        Some(bind_host_loopback("binding the egress proxy listener")?)
+    } else {
+        None
+    };
     let code_dir =
         std::path::absolute(&spec.code_dir).map_err(io_error("resolving the code directory"))?;
-    let env = program_env(&spec.env, api, code_dir.display().to_string());
+    let env = program_env(
+        &spec.env,
+        api,
+        code_dir.display().to_string(),
+        proxy.as_ref().map(|(_, addr)| addr.clone()),
+    );
     let program = &spec.argv[0];
     // "./x" means the code directory, whatever the server's own working directory is.
     let program = if program.contains('/') && !Path::new(program).is_absolute() {
@@ -698,17 +778,22 @@ fn spawn_unsandboxed(spec: &WorkerSpec) -> Result<Sandboxed, SpawnError> {
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
         .map(nix::unistd::Pid::from_raw);
-    listener
-        .set_nonblocking(true)
-        .map_err(io_error("configuring the Runtime API listener"))?;
+    let proxy_listener = match proxy {
+        Some((proxy, _)) => Some(async_listener(
+            proxy,
+            "registering the egress proxy listener",
+        )?),
+        None => None,
+    };
     Ok(Sandboxed {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
         child,
-        listener: Some(
-            TcpListener::from_std(listener)
-                .map_err(io_error("registering the Runtime API listener"))?,
-        ),
+        listener: Some(async_listener(
+            listener,
+            "registering the Runtime API listener",
+        )?),
+        proxy_listener,
         control: None,
         cgroup: None,
         process_group,
@@ -735,7 +820,7 @@ async fn send(control: &AsyncFd<OwnedFd>, message: &[u8]) -> io::Result<()> {
     loop {
         let mut guard = control.writable().await?;
         match guard.try_io(|fd| {
-            protocol::send(fd.get_ref().as_raw_fd(), message, None).map_err(io::Error::from)
+            protocol::send(fd.get_ref().as_raw_fd(), message, &[]).map_err(io::Error::from)
         }) {
             Ok(result) => return result,
             Err(_would_block) => continue,
@@ -746,7 +831,7 @@ async fn send(control: &AsyncFd<OwnedFd>, message: &[u8]) -> io::Result<()> {
 async fn receive(
     control: &AsyncFd<OwnedFd>,
     buf: &mut [u8],
-) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     loop {
         let mut guard = control.readable().await?;
         match guard
@@ -774,6 +859,38 @@ mod tests {
     }
 
     #[test]
+    fn the_egress_proxy_variables_point_at_the_proxy_and_spare_loopback() {
+        let spec_env = [
+            ("HTTP_PROXY".to_owned(), "http://elsewhere:3128".to_owned()),
+            ("A".to_owned(), "1".to_owned()),
+        ];
+        let env = program_env(
+            &spec_env,
+            "127.0.0.1:9001".into(),
+            "/var/task".into(),
+            Some("127.0.0.1:9002".into()),
+        );
+        let get = |name: &str| {
+            let values: Vec<&str> = env
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            values
+        };
+        for name in PROXY_VARIABLES {
+            assert_eq!(get(name), ["http://127.0.0.1:9002"], "{name}");
+        }
+        assert_eq!(get("NO_PROXY"), ["127.0.0.1,localhost"]);
+        assert_eq!(get("no_proxy"), ["127.0.0.1,localhost"]);
+        assert_eq!(get("A"), ["1"]);
+        // Without a proxy, the function's own proxy settings are left alone.
+        let env = program_env(&spec_env, "127.0.0.1:9001".into(), "/t".into(), None);
+        assert!(env.contains(&spec_env[0]));
+        assert!(!env.iter().any(|(k, _)| k == "NO_PROXY"));
+    }
+
+    #[test]
     fn the_sandbox_owns_the_runtime_api_variables() {
         let env = program_env(
             &[
@@ -782,6 +899,7 @@ mod tests {
             ],
             "127.0.0.1:9001".into(),
             "/var/task".into(),
+            None,
         );
         assert_eq!(
             env,

@@ -342,10 +342,14 @@ async fn outbound_requests_are_denied_and_logged() {
     let body = text(result.expect("response")).await;
     assert!(body.contains("HttpRequestDenied"), "{body}");
     let rec = record(records).await;
+    assert_eq!(rec.outbound_requests, 1, "a refused request is counted");
     assert!(
-        log_lines(&rec, Stream::Stderr).iter().any(|l| l.starts_with(
-            "[nubo] outbound request to https://example.com/ denied: functions cannot reach the network"
-        )),
+        log_lines(&rec, Stream::Stderr)
+            .iter()
+            .any(|l| l.starts_with(
+                "[nubo] outbound request to https://example.com:443 refused: not in allowed_hosts; \
+             add allowed_hosts = [\"https://example.com\"] to [function."
+            )),
         "{:?}",
         rec.logs
     );

@@ -183,8 +183,9 @@ async fn outbound_guest_is_denied_with_a_log_line() {
     let rec = record(records).await;
     assert!(
         rec.logs.iter().any(|l| l.stream == Stream::Stderr
-            && l.line
-                .starts_with("[nubo] outbound request to http://example.com/ denied")),
+            && l.line.starts_with(
+                "[nubo] outbound request to http://example.com:80 refused: not in allowed_hosts"
+            )),
         "{:?}",
         rec.logs
     );

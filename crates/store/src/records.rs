@@ -25,6 +25,9 @@ pub fn invocation_record(fin: &FinishedInvocation) -> InvocationRecord {
         status: fin.status,
         cold: fin.cold,
         init_ms: fin.init_ms,
+        outbound_requests: fin.outbound_requests,
+        outbound_bytes_out: fin.outbound_bytes_out,
+        outbound_bytes_in: fin.outbound_bytes_in,
         bytes_in: fin.bytes_in,
         bytes_out: fin.bytes_out,
         logs_truncated: fin.logs_truncated,
@@ -32,7 +35,8 @@ pub fn invocation_record(fin: &FinishedInvocation) -> InvocationRecord {
 }
 
 const INVOCATION_COLUMNS: &str = "id, app, function, revision, trigger, started_at_us, \
-     duration_us, outcome, status, cold, bytes_in, bytes_out, logs_truncated, init_ms";
+     duration_us, outcome, status, cold, bytes_in, bytes_out, logs_truncated, init_ms, \
+     outbound_requests, outbound_bytes_out, outbound_bytes_in";
 
 const LOG_COLUMNS: &str = "cursor, invocation_id, app, function, time_us, stream, line";
 
@@ -63,6 +67,9 @@ fn invocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord>
         bytes_out: unsigned(row.get(11)?),
         logs_truncated: row.get(12)?,
         init_ms: row.get::<_, Option<i64>>(13)?.map(unsigned),
+        outbound_requests: unsigned(row.get(14)?),
+        outbound_bytes_out: unsigned(row.get(15)?),
+        outbound_bytes_in: unsigned(row.get(16)?),
     })
 }
 

@@ -277,8 +277,15 @@ CREATE TABLE secret_key_check (
 );
 ";
 
+/// Version 9: outbound requests each invocation made, and their body bytes each way.
+const V9: &str = "
+ALTER TABLE invocations ADD COLUMN outbound_requests INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE invocations ADD COLUMN outbound_bytes_out INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE invocations ADD COLUMN outbound_bytes_in INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

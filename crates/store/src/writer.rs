@@ -343,8 +343,9 @@ fn write_batch(
         let mut insert_invocation = tx.prepare_cached(
             "INSERT OR IGNORE INTO invocations (id, app, function, revision, trigger,
                  started_at_us, duration_us, outcome, status, cold, bytes_in, bytes_out,
-                 logs_truncated, init_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 logs_truncated, init_ms, outbound_requests, outbound_bytes_out,
+                 outbound_bytes_in)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         let mut insert_log = tx.prepare_cached(
             "INSERT INTO logs (invocation_id, app, function, time_us, stream, line)
@@ -367,6 +368,9 @@ fn write_batch(
                 signed(record.bytes_out),
                 record.logs_truncated,
                 record.init_ms.map(signed),
+                signed(record.outbound_requests),
+                signed(record.outbound_bytes_out),
+                signed(record.outbound_bytes_in),
             ])?;
             let mut logs = Vec::with_capacity(fin.logs.len());
             for entry in &fin.logs {

@@ -64,6 +64,9 @@ fn finished(
         init_ms: None,
         bytes_in: 5,
         bytes_out: 7,
+        outbound_requests: 0,
+        outbound_bytes_out: 0,
+        outbound_bytes_in: 0,
         logs: lines
             .iter()
             .enumerate()
@@ -133,7 +136,7 @@ fn open_creates_a_private_data_dir_with_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
 }
 
 #[test]

@@ -75,6 +75,12 @@ pub struct FinishedInvocation {
     pub bytes_in: u64,
     /// Response body bytes sent.
     pub bytes_out: u64,
+    /// Outbound requests the function made (allowed or refused).
+    pub outbound_requests: u64,
+    /// Bytes the function sent in outbound requests (bodies).
+    pub outbound_bytes_out: u64,
+    /// Bytes the function received from outbound requests (bodies).
+    pub outbound_bytes_in: u64,
     /// Captured log lines.
     pub logs: Vec<LogEntry>,
     /// Whether some output was cut (a marker line says so too).
@@ -221,6 +227,9 @@ struct Inner {
     response_end_us: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    outbound_requests: AtomicU64,
+    outbound_bytes_out: AtomicU64,
+    outbound_bytes_in: AtomicU64,
     logs: Mutex<LogBuf>,
     sink: RecordSink,
 }
@@ -244,6 +253,9 @@ impl Invocation {
             response_end_us: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            outbound_requests: AtomicU64::new(0),
+            outbound_bytes_out: AtomicU64::new(0),
+            outbound_bytes_in: AtomicU64::new(0),
             logs: Mutex::new(LogBuf::default()),
             sink: sink.clone(),
         }))
@@ -280,6 +292,26 @@ impl Invocation {
     /// Counts response body bytes.
     pub fn add_bytes_out(&self, n: u64) {
         self.0.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts the function's outbound calls: `requests` made, body bytes sent (`bytes_out`)
+    /// and received (`bytes_in`). Called as each call progresses; the totals add up.
+    pub fn add_outbound(&self, requests: u64, bytes_out: u64, bytes_in: u64) {
+        let inner = &self.0;
+        inner
+            .outbound_requests
+            .fetch_add(requests, Ordering::Relaxed);
+        inner
+            .outbound_bytes_out
+            .fetch_add(bytes_out, Ordering::Relaxed);
+        inner
+            .outbound_bytes_in
+            .fetch_add(bytes_in, Ordering::Relaxed);
+    }
+
+    /// Outbound requests counted so far (for the per-invocation limit).
+    pub fn outbound_requests(&self) -> u64 {
+        self.0.outbound_requests.load(Ordering::Relaxed)
     }
 
     /// Records how the invocation ended (and, when given, the status answered). The first
@@ -372,6 +404,9 @@ impl Drop for Inner {
             },
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            outbound_requests: self.outbound_requests.load(Ordering::Relaxed),
+            outbound_bytes_out: self.outbound_bytes_out.load(Ordering::Relaxed),
+            outbound_bytes_in: self.outbound_bytes_in.load(Ordering::Relaxed),
             logs_truncated: logs.truncated,
             logs: std::mem::take(&mut logs.entries),
         };
@@ -403,6 +438,9 @@ mod tests {
         inv.finish(Outcome::Trap, None);
         inv.set_status(500);
         inv.add_bytes_out(3);
+        inv.add_outbound(1, 10, 100);
+        other.add_outbound(2, 5, 0);
+        assert_eq!(inv.outbound_requests(), 3);
         drop(inv);
         assert!(
             rx.try_recv().is_err(),
@@ -413,6 +451,14 @@ mod tests {
         assert_eq!(rec.outcome, Outcome::Trap);
         assert_eq!(rec.status, Some(500));
         assert_eq!(rec.bytes_out, 3);
+        assert_eq!(
+            (
+                rec.outbound_requests,
+                rec.outbound_bytes_out,
+                rec.outbound_bytes_in
+            ),
+            (3, 15, 100)
+        );
         let lines: Vec<_> = rec.logs.iter().map(|l| l.line.as_str()).collect();
         assert_eq!(lines, ["hello", "world", "partial"]);
         assert!(rx.try_recv().is_err());

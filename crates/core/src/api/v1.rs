@@ -106,6 +106,15 @@ pub struct InvocationRecord {
     /// work), in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_ms: Option<u64>,
+    /// Outbound requests the function made (wasm `wasi:http`, or through the egress proxy).
+    #[serde(default)]
+    pub outbound_requests: u64,
+    /// Body bytes the function sent in outbound requests.
+    #[serde(default)]
+    pub outbound_bytes_out: u64,
+    /// Body bytes the function received from outbound requests.
+    #[serde(default)]
+    pub outbound_bytes_in: u64,
     /// Request body bytes.
     pub bytes_in: u64,
     /// Response body bytes.

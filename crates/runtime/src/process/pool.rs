@@ -7,6 +7,7 @@
 //! process of it.
 
 use super::api::{self, Channel, Job, Status};
+use super::egress;
 use super::kv::KvScope;
 use super::objects::ObjScope;
 use crate::limits::{FunctionLimit, InstanceGuard};
@@ -48,6 +49,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) memory_bytes: u64,
     pub(crate) tmp_bytes: u64,
     pub(crate) host_network: bool,
+    /// The function's `allowed_hosts`; `Some` (never empty) gives each worker an egress proxy.
+    pub(crate) egress: Option<Arc<nubo_core::egress::Allowlist>>,
     pub(crate) idle_timeout: Duration,
     pub(crate) min_instances: u32,
     /// The key-value stores its workers may reach (the function's `kv` bindings).
@@ -267,6 +270,7 @@ impl Pool {
             memory_bytes: config.memory_bytes,
             tmp_bytes: config.tmp_bytes,
             host_network: config.host_network,
+            egress_proxy: config.egress.is_some(),
         };
         let spawned = Instant::now();
         let mut sandboxed =
@@ -305,7 +309,29 @@ impl Pool {
                 Arc::clone(&logs),
             )));
         }
-        let server = tokio::spawn(api::serve(listener, Arc::clone(&channel)));
+        let api = api::serve(listener, Arc::clone(&channel));
+        // One task serves both, so aborting it when the worker ends closes the proxy's
+        // connections and tunnels too.
+        let server = match (&config.egress, sandboxed.proxy_listener()) {
+            (Some(allowlist), Some(proxy)) => {
+                let sink = Arc::clone(&logs);
+                let current: egress::CurrentInvocation = Arc::new(move || sink.current());
+                let egress = Arc::new(egress::Egress::new(
+                    Arc::clone(allowlist),
+                    &config.target,
+                    current,
+                ));
+                tokio::spawn(async move {
+                    tokio::join!(api, egress::serve(proxy, egress));
+                })
+            }
+            (Some(_), None) => {
+                return Err(InvokeError::Internal(
+                    "the sandbox handed out no egress proxy listener".into(),
+                ));
+            }
+            _ => tokio::spawn(api),
+        };
         let (kill, killed) = oneshot::channel();
         tokio::spawn(supervise(
             sandboxed,
@@ -556,6 +582,12 @@ impl LogSink {
         state.target = invocation;
         state.recent.clear();
         state.recent_bytes = 0;
+    }
+
+    /// The invocation the worker's output goes to: the one it is serving, if any (outbound
+    /// calls are counted on it).
+    pub(crate) fn current(&self) -> Option<Invocation> {
+        self.lock().target.clone()
     }
 
     /// Stops sending output to the current invocation after a short grace period (lines it

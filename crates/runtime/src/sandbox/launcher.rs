@@ -5,8 +5,9 @@
 //!   the control socket (end of stream means Nubo dropped the worker or died: kill the init) and
 //!   the init's exit (report it).
 //! - The *init* is PID 1 of the new PID namespace. It builds the filesystem, brings up
-//!   loopback, binds the Runtime API listener, forks the program, reaps orphans and reports the
-//!   program's exit. When it exits the kernel kills everything left in the namespace.
+//!   loopback, binds the Runtime API listener (and the egress proxy listener), forks the
+//!   program, reaps orphans and reports the program's exit. When it exits the kernel kills
+//!   everything left in the namespace.
 //! - The *program* drops to the unprivileged uid, applies rlimits and executes the function's
 //!   command.
 //!
@@ -40,6 +41,10 @@ pub(crate) const TASK_ROOT: &str = "/var/task";
 
 /// The Runtime API address inside the sandbox's own network namespace.
 pub(crate) const RUNTIME_API_ADDR: &str = "127.0.0.1:9001";
+
+/// The egress proxy address inside the sandbox's own network namespace: Nubo serves the proxy
+/// on the listener bound there, so it is the worker's only way out.
+pub(crate) const EGRESS_PROXY_ADDR: &str = "127.0.0.1:9002";
 
 /// Host system directories visible (read-only) inside the sandbox, when they exist.
 const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
@@ -152,7 +157,7 @@ fn read_config(control: &OwnedFd) -> Result<LaunchConfig, String> {
 
 fn report(control: &OwnedFd, report: &Report, fd: Option<std::os::fd::BorrowedFd<'_>>) {
     // A failed send means Nubo is gone; the monitor notices the end of stream and cleans up.
-    let _ = protocol::send(control.as_raw_fd(), &report.encode(), fd);
+    let _ = protocol::send(control.as_raw_fd(), &report.encode(), fd.as_slice());
 }
 
 /// The monitor: enter the namespaces, fork the init, wait for it or for Nubo to go away.
@@ -254,8 +259,8 @@ fn init_main(control: &OwnedFd, config: &LaunchConfig, sigchld: &SigSet) -> Exit
     let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(sigchld), None);
     // If the monitor dies (Nubo killed it), so does this init and with it the namespace.
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
-    let listener = match build_sandbox(config) {
-        Ok(listener) => listener,
+    let listeners = match build_sandbox(config) {
+        Ok(listeners) => listeners,
         Err(message) => {
             report(control, &Report::Error(message), None);
             return ExitCode::FAILURE;
@@ -301,8 +306,10 @@ fn init_main(control: &OwnedFd, config: &LaunchConfig, sigchld: &SigSet) -> Exit
         let _ = waitpid(program, None);
         return ExitCode::FAILURE;
     }
-    report(control, &Report::Ready, listener.as_ref().map(AsFd::as_fd));
-    drop(listener);
+    let fds: Vec<_> = listeners.iter().map(AsFd::as_fd).collect();
+    let _ = protocol::send(control.as_raw_fd(), &Report::Ready.encode(), &fds);
+    drop(fds);
+    drop(listeners);
     reap_until_exit(control, program)
 }
 
@@ -324,8 +331,9 @@ fn reap_until_exit(control: &OwnedFd, program: Pid) -> ExitCode {
     }
 }
 
-/// Builds the worker's world; returns the Runtime API listener in its network namespace.
-fn build_sandbox(config: &LaunchConfig) -> Result<Option<TcpListener>, String> {
+/// Builds the worker's world; returns the listeners bound in its network namespace: the
+/// Runtime API's, then the egress proxy's if asked for (none with the host network).
+fn build_sandbox(config: &LaunchConfig) -> Result<Vec<TcpListener>, String> {
     // Nothing mounted from here on may propagate back to the host.
     mount(
         None::<&str>,
@@ -335,14 +343,18 @@ fn build_sandbox(config: &LaunchConfig) -> Result<Option<TcpListener>, String> {
         None::<&str>,
     )
     .map_err(|e| format!("making mounts private: {e}"))?;
-    let listener = if config.host_network {
-        None
-    } else {
+    let mut listeners = Vec::new();
+    if !config.host_network {
         loopback_up().map_err(|e| format!("bringing up loopback: {e}"))?;
         let listener = TcpListener::bind(RUNTIME_API_ADDR)
             .map_err(|e| format!("binding the Runtime API at {RUNTIME_API_ADDR}: {e}"))?;
-        Some(listener)
-    };
+        listeners.push(listener);
+        if config.egress_proxy {
+            let proxy = TcpListener::bind(EGRESS_PROXY_ADDR)
+                .map_err(|e| format!("binding the egress proxy at {EGRESS_PROXY_ADDR}: {e}"))?;
+            listeners.push(proxy);
+        }
+    }
     let root = config.new_root.as_path();
     mount(
         Some("tmpfs"),
@@ -403,7 +415,7 @@ fn build_sandbox(config: &LaunchConfig) -> Result<Option<TcpListener>, String> {
         None::<&str>,
     )
     .map_err(|e| format!("making the sandbox root read-only: {e}"))?;
-    Ok(listener)
+    Ok(listeners)
 }
 
 /// `/bin → usr/bin` style links are recreated as links; real directories are bound read-only.

@@ -1,6 +1,7 @@
 //! What Nubo and the sandbox launcher say to each other over their `SOCK_SEQPACKET` socket:
-//! the launch settings one way; readiness (with the Runtime API listener), setup errors and the
-//! program's exit the other way. Seqpacket keeps message boundaries, so no framing is needed.
+//! the launch settings one way; readiness (with the Runtime API listener and, for functions
+//! with an egress allowlist, the egress proxy listener), setup errors and the program's exit
+//! the other way. Seqpacket keeps message boundaries, so no framing is needed.
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,10 @@ pub(crate) const CHUNK_BYTES: usize = 32 * 1024;
 
 /// Bound on the serialized settings (argv and environment): a launcher never buffers more.
 pub(crate) const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Most descriptors one message carries (the Runtime API and egress proxy listeners); any
+/// beyond are closed on receipt.
+pub(crate) const MAX_FDS: usize = 2;
 
 /// Largest message the sandbox sends (an error text); longer ones are cut.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
@@ -35,13 +40,17 @@ pub(crate) struct LaunchConfig {
     pub new_root: PathBuf,
     pub max_processes: u64,
     pub max_open_files: u64,
+    /// Also bind the egress proxy listener (`EGRESS_PROXY_ADDR`) inside the worker's network
+    /// namespace and hand it over after the Runtime API listener.
+    #[serde(default)]
+    pub egress_proxy: bool,
 }
 
 /// A message from the sandbox to Nubo.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Report {
-    /// The program was executed; the message carries the Runtime API listener unless the
-    /// worker shares the host network.
+    /// The program was executed; the message carries the Runtime API listener, then the
+    /// egress proxy listener when one was asked for, unless the worker shares the host network.
     Ready,
     /// Building the sandbox or starting the program failed.
     Error(String),
@@ -84,34 +93,28 @@ impl Report {
     }
 }
 
-/// Sends one message, with `fd` attached when given. Blocking or not depends on the socket.
-pub(crate) fn send(socket: RawFd, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> nix::Result<()> {
+/// Sends one message with `fds` attached, in order (at most [`MAX_FDS`]). Blocking or not
+/// depends on the socket.
+pub(crate) fn send(socket: RawFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> nix::Result<()> {
     let iov = [IoSlice::new(bytes)];
-    let raw;
-    let cmsgs: &[ControlMessage<'_>] = match fd {
-        Some(fd) => {
-            raw = [fd.as_raw_fd()];
-            &[ControlMessage::ScmRights(&raw)]
-        }
-        None => &[],
-    };
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
     sendmsg::<()>(socket, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(drop)
 }
 
-/// Receives one message and any descriptor passed with it; `Ok(None)` is end of stream.
-pub(crate) fn receive(
-    socket: RawFd,
-    buf: &mut [u8],
-) -> nix::Result<Option<(usize, Option<OwnedFd>)>> {
+/// Receives one message and the descriptors passed with it, in the order sent (at most
+/// [`MAX_FDS`]); `Ok(None)` is end of stream.
+pub(crate) fn receive(socket: RawFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
     let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!(RawFd);
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let msg = recvmsg::<()>(
         socket,
         &mut iov,
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
-    let mut passed = None;
+    let mut passed = Vec::new();
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             for raw in fds {
@@ -119,9 +122,9 @@ pub(crate) fn receive(
                 // (SCM_RIGHTS); nothing else refers to it, so this is its only owner.
                 #[allow(unsafe_code, reason = "owning a received descriptor")]
                 let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                // Only the first descriptor is expected; extra ones are closed on drop.
-                if passed.is_none() {
-                    passed = Some(owned);
+                // Extra descriptors are closed on drop.
+                if passed.len() < MAX_FDS {
+                    passed.push(owned);
                 }
             }
         }
@@ -148,6 +151,38 @@ mod tests {
         }
         assert_eq!(Report::decode(b"exit-code:x"), None);
         assert_eq!(Report::decode(b"nonsense"), None);
+    }
+
+    #[test]
+    fn two_listeners_travel_in_order_with_one_message() {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        use std::os::fd::AsFd;
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        send(
+            a.as_raw_fd(),
+            &Report::Ready.encode(),
+            &[api.as_fd(), proxy.as_fd()],
+        )
+        .unwrap();
+        let mut buf = [0u8; MAX_MESSAGE_BYTES];
+        let (len, fds) = receive(b.as_raw_fd(), &mut buf).unwrap().unwrap();
+        assert_eq!(Report::decode(&buf[..len]), Some(Report::Ready));
+        let addrs: Vec<_> = fds
+            .into_iter()
+            .map(|fd| std::net::TcpListener::from(fd).local_addr().unwrap())
+            .collect();
+        assert_eq!(
+            addrs,
+            [api.local_addr().unwrap(), proxy.local_addr().unwrap()]
+        );
     }
 
     #[test]

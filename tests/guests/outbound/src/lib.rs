@@ -1,7 +1,9 @@
 //! Test guest `outbound`: makes one outbound HTTP GET through `wasi:http/outgoing-handler` and reports what happened.
 //!
 //! The target is `http://example.com/` unless the request has `?url=<url>` (an `http://` or
-//! `https://` URL, percent-encoded or not). The answer is always `200 text/plain`, one of:
+//! `https://` URL, percent-encoded or not). With `&body=<text>` it POSTs that text instead of
+//! GETting; with `&n=<count>` (at most 500) it makes that many requests one after the other. The
+//! answer is always `200 text/plain`, one part per request, each one of:
 //! - `outbound failed: <ErrorCode as Debug>`, e.g. `outbound failed: ErrorCode::HttpRequestDenied`
 //! - `outbound ok <status>\n<first 4 KiB of the response body>`
 
@@ -23,11 +25,16 @@ impl wasi::exports::http::incoming_handler::Guest for Outbound {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         let url = query_param(&path, "url").map(|v| percent_decode(&v)).unwrap_or_else(|| DEFAULT_URL.to_string());
-        let text = match fetch(&url) {
-            Ok((status, body)) => format!("outbound ok {status}\n{body}"),
-            Err(Failure::Http(code)) => format!("outbound failed: {code:?}\n"),
-            Err(Failure::Other(message)) => format!("outbound failed: {message}\n"),
-        };
+        let body = query_param(&path, "body").map(|v| percent_decode(&v));
+        let count = query_param(&path, "n").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1).clamp(1, 500);
+        let mut text = String::new();
+        for _ in 0..count {
+            text.push_str(&match fetch(&url, body.as_deref()) {
+                Ok((status, body)) => format!("outbound ok {status}\n{body}"),
+                Err(Failure::Http(code)) => format!("outbound failed: {code:?}\n"),
+                Err(Failure::Other(message)) => format!("outbound failed: {message}\n"),
+            });
+        }
         println!("outbound {url}: {}", text.lines().next().unwrap_or(""));
         respond(response_out, &text);
     }
@@ -38,8 +45,8 @@ enum Failure {
     Other(String),
 }
 
-/// GETs `url` and returns the status and the start of the body.
-fn fetch(url: &str) -> Result<(u16, String), Failure> {
+/// GETs `url` (or POSTs `body` to it) and returns the status and the start of the body.
+fn fetch(url: &str, body: Option<&str>) -> Result<(u16, String), Failure> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
         (Scheme::Http, rest)
     } else if let Some(rest) = url.strip_prefix("https://") {
@@ -54,12 +61,26 @@ fn fetch(url: &str) -> Result<(u16, String), Failure> {
 
     let outgoing = OutgoingRequest::new(Fields::new());
     let bad = |what: &str| Failure::Other(format!("the host rejected the request's {what}"));
-    outgoing.set_method(&Method::Get).map_err(|()| bad("method"))?;
+    let method = if body.is_some() { Method::Post } else { Method::Get };
+    outgoing.set_method(&method).map_err(|()| bad("method"))?;
     outgoing.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
     outgoing.set_authority(Some(authority)).map_err(|()| bad("authority"))?;
     outgoing.set_path_with_query(Some(path)).map_err(|()| bad("path"))?;
-
+    // The body is taken before the request is handed over and written after: the host starts
+    // sending as the guest writes, so nothing waits on a buffer no one drains.
+    let out = match body {
+        Some(_) => Some(outgoing.body().map_err(|()| bad("body"))?),
+        None => None,
+    };
     let future = outgoing_handler::handle(outgoing, None).map_err(Failure::Http)?;
+    if let (Some(text), Some(out)) = (body, out) {
+        {
+            let mut stream = out.write().map_err(|()| bad("body stream"))?;
+            stream.write_all(text.as_bytes()).map_err(|e| Failure::Other(format!("writing the request body failed: {e}")))?;
+            stream.flush().map_err(|e| Failure::Other(format!("flushing the request body failed: {e}")))?;
+        }
+        OutgoingBody::finish(out, None).map_err(Failure::Http)?;
+    }
     let response = loop {
         match future.get() {
             Some(Ok(Ok(response))) => break response,

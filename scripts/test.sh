@@ -24,6 +24,7 @@ fi
 step "guest components"
 bash tests/guests/build.sh
 bash tests/js-guest/build.sh
+bash tests/js-kv-guest/build.sh
 
 step "process test functions"
 bash tests/process/build.sh

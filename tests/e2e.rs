@@ -14,6 +14,7 @@ mod e2e {
     mod egress_process;
     mod errors;
     mod kv;
+    mod kv_js;
     mod kv_process;
     mod kv_wasm;
     mod lifecycle;

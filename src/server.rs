@@ -17,6 +17,17 @@ use tokio::net::TcpListener;
 /// as dropped. Bounds memory when the disk is slow.
 const RECORD_QUEUE: usize = 16 * 1024;
 
+/// A secret setting: its `Debug` form never shows the value, so a logged or printed
+/// configuration cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hidden(pub String);
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
 /// Operator settings of one server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -25,7 +36,7 @@ pub struct ServerConfig {
     /// State directory.
     pub data_dir: PathBuf,
     /// Admin key; without one the admin API answers loopback clients only.
-    pub admin_key: Option<String>,
+    pub admin_key: Option<Hidden>,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// Revisions kept per app (newest first; revisions with traffic are always kept).
@@ -47,7 +58,7 @@ pub struct ServerConfig {
     /// secret, a pair is generated once and kept in the data dir.
     pub s3_access_key: Option<String>,
     /// The S3 secret from the operator (`NUBO_S3_SECRET_KEY`).
-    pub s3_secret_key: Option<String>,
+    pub s3_secret_key: Option<Hidden>,
 }
 
 /// The default state directory: `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
@@ -193,7 +204,7 @@ impl Server {
                 let credentials = nubo_gateway::s3::S3Credentials::resolve(
                     &config.data_dir,
                     config.s3_access_key.clone(),
-                    config.s3_secret_key.clone(),
+                    config.s3_secret_key.as_ref().map(|k| k.0.clone()),
                 )
                 .context("setting up the S3 endpoint's key pair")?;
                 let s3_listener = TcpListener::bind(at).await.with_context(|| {
@@ -217,7 +228,7 @@ impl Server {
             GatewayConfig {
                 admin: config
                     .admin_key
-                    .map_or(AdminAuth::LoopbackOnly, AdminAuth::Key),
+                    .map_or(AdminAuth::LoopbackOnly, |k| AdminAuth::Key(k.0)),
                 drain_timeout: config.drain_timeout,
                 max_async_queue: config.max_async_queue,
                 s3: s3_endpoint,
@@ -297,5 +308,18 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod hidden_tests {
+    use super::Hidden;
+
+    #[test]
+    fn debug_output_never_shows_a_hidden_value() {
+        let key = Some(Hidden("s3cr3t-admin-key".into()));
+        let shown = format!("{key:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert_eq!(shown, "Some(<hidden>)");
     }
 }

@@ -1,7 +1,7 @@
 //! `nubo server`: run a node until SIGTERM or SIGINT.
 
 use crate::cli::ServerArgs;
-use crate::server::{Server, ServerConfig, default_data_dir, shutdown_signal};
+use crate::server::{Hidden, Server, ServerConfig, default_data_dir, shutdown_signal};
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -11,7 +11,8 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
         data_dir: args.data_dir.clone().unwrap_or_else(default_data_dir),
         admin_key: std::env::var("NUBO_ADMIN_KEY")
             .ok()
-            .filter(|k| !k.is_empty()),
+            .filter(|k| !k.is_empty())
+            .map(Hidden),
         drain_timeout: args.drain_timeout,
         keep_revisions: args.keep_revisions,
         max_concurrency: args.max_concurrency,
@@ -25,7 +26,8 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
             .filter(|k| !k.is_empty()),
         s3_secret_key: std::env::var("NUBO_S3_SECRET_KEY")
             .ok()
-            .filter(|k| !k.is_empty()),
+            .filter(|k| !k.is_empty())
+            .map(Hidden),
     }
 }
 

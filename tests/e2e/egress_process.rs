@@ -46,10 +46,30 @@ fn upstream() -> u16 {
     port
 }
 
+/// A loopback listener that answers every request with a redirect to `location`; its port.
+fn redirecting_upstream(location: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(UPSTREAM_CONNECTIONS) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    port
+}
+
 /// A curl bootstrap: for an event `{"url": …, "mode": …}` it fetches the URL and answers
 /// `{"code": "<http status>", "exit": <curl's exit code>, "body": "<hex>"}`. Modes: `env` (the
 /// proxy variables as set, so loopback bypasses the proxy), `proxy` (through the proxy even
-/// for loopback), `tunnel` (through the proxy with CONNECT), `direct` (no proxy at all).
+/// for loopback), `tunnel` (through the proxy with CONNECT), `follow` (through the proxy,
+/// following redirects), `direct` (no proxy at all).
 const CURL_BOOTSTRAP: &str = r#"#!/bin/sh
 set -u
 api="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
@@ -65,6 +85,7 @@ while true; do
   case "$mode" in
     proxy) set -- --noproxy '' ;;
     tunnel) set -- --noproxy '' --proxytunnel ;;
+    follow) set -- --noproxy '' --location ;;
     direct) set -- --noproxy '*' ;;
     *) set -- ;;
   esac
@@ -331,4 +352,27 @@ fn with_the_host_network_or_no_sandbox_the_proxy_is_on_a_host_port() {
             "{flags:?}: {body}"
         );
     }
+}
+
+/// A redirect from an allowed host to the cloud metadata address is a new request, checked
+/// again at the proxy: it is refused, and the allowed host's answer does not open a way in.
+#[test]
+fn a_redirect_to_a_private_address_is_checked_again() {
+    let s = Server::start();
+    let port = redirecting_upstream("http://169.254.169.254/latest/meta-data/");
+    let code = bootstrap_dir(CURL_BOOTSTRAP);
+    let mut m = String::from("[app]\nname = \"egress\"\n");
+    m += &function(
+        "open",
+        code.path(),
+        &[format!("127.0.0.1:{port}"), "*:*".to_string()],
+    );
+    let dir = app_dir(&m);
+    s.deploy(dir.path());
+
+    let ((status, _, body), id) = fetch(&s, "open", &format!("http://127.0.0.1:{port}/"), "follow");
+    assert_eq!(status, "403", "{body}");
+    assert!(body.contains("169.254.169.254"), "{body}");
+    let rec = s.invocation(&id);
+    assert_eq!(rec["record"]["outbound_requests"], 2, "{rec}");
 }

@@ -11,6 +11,7 @@ mod machine;
 mod process;
 mod procs;
 mod report;
+mod state;
 mod wrk;
 
 use anyhow::{Context as _, bail, ensure};
@@ -126,6 +127,9 @@ struct Plan {
     /// Process functions: cold starts per runtime, and warm requests per function.
     process_cold: usize,
     process_warm: usize,
+    /// State: sequential requests per key-value operation, and rounds per object size.
+    state_requests: usize,
+    state_rounds: usize,
 }
 
 impl Plan {
@@ -145,6 +149,8 @@ impl Plan {
                 async_secs: 2,
                 process_cold: 3,
                 process_warm: 100,
+                state_requests: 500,
+                state_rounds: 2,
             }
         } else {
             Plan {
@@ -161,6 +167,8 @@ impl Plan {
                 async_secs: 5,
                 process_cold: 5,
                 process_warm: 500,
+                state_requests: 2000,
+                state_rounds: 5,
             }
         }
     }
@@ -297,6 +305,7 @@ fn run() -> anyhow::Result<()> {
     b.burst(perf_target);
     b.asynchronous(perf_target);
     b.process(perf_target);
+    b.state(perf_target);
 
     // Start-up and memory run on fresh processes.
     let mut nubo_proc = None;
@@ -938,6 +947,48 @@ impl Bench {
             }
             Err(e) => self.rep.block(&format!("Not measured: {e:#}.")),
         }
+    }
+
+    /// The state scenario (see `state.rs`) against the Nubo server: key-value get/set latency
+    /// from a wasm guest next to direct SQLite, and object put/get throughput through the admin
+    /// API next to a plain file. A failure is reported, not fatal.
+    fn state(&mut self, target: Option<&Target>) {
+        self.rep
+            .heading("Key-value and object storage: what the store adds");
+        let Some(t) = target else {
+            self.rep
+                .block("Not measured: Nubo was not measured in this run.");
+            return;
+        };
+        let (n, rounds) = (self.plan.state_requests, self.plan.state_rounds);
+        let kv = (|| -> anyhow::Result<Rows> {
+            progress("state: building tests/guests/kv and deploying the state app");
+            let wasm = state::build_guest(&self.root)?;
+            state::deploy(t.addr, &wasm)?;
+            progress(&format!(
+                "state: {n} sequential kv requests per operation, then direct SQLite"
+            ));
+            let guest = state::measure_guest(t.addr, n)?;
+            let (set, get) = state::measure_sqlite(self.tmp.path(), n)?;
+            Ok(state::kv_rows(&guest, &set, &get))
+        })();
+        match kv {
+            Ok(rows) => self.rep.table(&state::KV_HEADERS, &rows),
+            Err(e) => self.rep.block(&format!("Key-value not measured: {e:#}.")),
+        }
+        let objects = (|| -> anyhow::Result<Rows> {
+            progress(&format!(
+                "state: objects of 1 and 16 MiB, {rounds} round(s), admin API then files"
+            ));
+            let nubo = state::measure_objects(t.addr, rounds)?;
+            let files = state::measure_files(self.tmp.path(), rounds)?;
+            Ok(state::object_rows(&nubo, &files))
+        })();
+        match objects {
+            Ok(rows) => self.rep.table(&state::OBJECT_HEADERS, &rows),
+            Err(e) => self.rep.block(&format!("Objects not measured: {e:#}.")),
+        }
+        self.rep.block(&state::describe(n, rounds));
     }
 
     /// The async scenario (see `asynchronous.rs`) against the Nubo server: durable submissions

@@ -244,10 +244,10 @@ async fn upload(
 pub(crate) fn print_result(client: &Client, resp: &DeployResponse) {
     println!("deployed {} revision {}", resp.app, resp.revision);
     for f in &resp.functions {
-        let how = if f.cached {
-            "cached".to_string()
-        } else {
-            format!("compiled in {} ms", f.compile_ms)
+        let how = match (f.cached, f.runtime.as_str()) {
+            (true, _) => "cached".to_string(),
+            (false, "process") => format!("archive checked in {} ms", f.compile_ms),
+            (false, _) => format!("compiled in {} ms", f.compile_ms),
         };
         println!(
             "  function {:<16} {} bytes, sha256 {}…, {how}",

@@ -737,7 +737,8 @@ fn bad_process_code_is_refused_and_the_serving_revision_stays() {
 #[test]
 fn the_python_lambda_example_deploys_and_answers() {
     let s = Server::start();
-    s.deploy(&root().join("examples/lambda-python"));
+    let out = s.deploy(&root().join("examples/lambda-python"));
+    assert!(out.contains("archive checked in"), "{out}");
     let r = http(s.addr, "GET", "/greet/Ada?x=1", &[], b"");
     assert_eq!(r.status, 200, "{r:?}");
     let body = r.json();

@@ -333,6 +333,7 @@ impl Control {
                 size,
                 cached,
                 compile_ms,
+                runtime: spec.runtime.as_str().to_string(),
             });
         }
 

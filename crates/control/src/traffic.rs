@@ -297,6 +297,12 @@ impl Control {
                         size: f.size,
                         cached: true,
                         compile_ms: 0,
+                        runtime: rec
+                            .manifest
+                            .functions
+                            .get(&f.name)
+                            .map_or("wasm", |spec| spec.runtime.as_str())
+                            .to_string(),
                     })
                     .collect(),
                 routes: route_infos(&rec.manifest),

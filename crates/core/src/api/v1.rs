@@ -48,8 +48,16 @@ pub struct DeployedFunction {
     pub size: u64,
     /// Whether the compiled artifact came from the cache.
     pub cached: bool,
-    /// Compile time in milliseconds (0 when cached).
+    /// Compile time in milliseconds (0 when cached); for a process function, the time its
+    /// archive took to check.
     pub compile_ms: u64,
+    /// How it runs: `wasm` or `process`. Servers that predate process functions omit it.
+    #[serde(default = "wasm_runtime")]
+    pub runtime: String,
+}
+
+fn wasm_runtime() -> String {
+    "wasm".to_string()
 }
 
 /// One live route.

@@ -16,7 +16,8 @@
 //!   store's rows, expired rows included until purged, updated in the same transaction as the
 //!   rows.
 
-use crate::{Durability, StoreError, open_connection, time};
+use crate::pool::Pool;
+use crate::{Durability, StoreError, time};
 use nubo_core::ErrorCode;
 use nubo_core::limits::{
     MAX_KV_BATCH, MAX_KV_KEY_BYTES, MAX_KV_KEYS_PER_STORE, MAX_KV_LIST_LIMIT, MAX_KV_VALUE_BYTES,
@@ -24,8 +25,7 @@ use nubo_core::limits::{
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 /// How often the server purges expired keys (reads never see them either way; the sweep only
@@ -35,10 +35,6 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Most expired rows one sweep purges. Bounds how long one sweep holds the write lock; what is
 /// left waits for the next sweep (or is purged when its key is written).
 pub const SWEEP_BATCH: usize = 10_000;
-
-/// Read connections per data directory. Each costs a file handle and SQLite's page cache;
-/// four cover the blocking threads that serve reads at once on a small machine.
-const READERS: usize = 4;
 
 /// Most expired rows of one store purged to make room when the store is full.
 const FULL_STORE_PURGE: usize = 1_000;
@@ -186,15 +182,10 @@ pub struct Kv {
 }
 
 struct Inner {
-    /// Key-value writes only, so they never queue behind a deploy's or the record writer's
-    /// statements in this process (SQLite still takes one write lock per database, held for
-    /// the length of one short transaction).
-    write: Mutex<Connection>,
-    /// Read connections; WAL lets them read while a write commits, and several let guests'
-    /// reads run side by side instead of queueing on one lock.
-    readers: Box<[Mutex<Connection>]>,
-    /// Where the next read starts looking for a free connection.
-    next_reader: AtomicUsize,
+    /// Its own connections, so key-value writes never queue behind a deploy's or the record
+    /// writer's statements in this process (SQLite still takes one write lock per database,
+    /// held for the length of one short transaction).
+    pool: Pool,
 }
 
 impl fmt::Debug for Kv {
@@ -214,48 +205,19 @@ impl Kv {
     /// stores (Redis syncs its append-only file once a second). Revisions and accepted async
     /// invocations, which a client was told are safe, keep `FULL`.
     pub(crate) fn new(db_path: &Path) -> Result<Kv, StoreError> {
-        let write = open_connection(db_path, Durability::Normal)?;
-        let readers = (0..READERS)
-            .map(|_| {
-                let read = open_connection(db_path, Durability::Normal)?;
-                // Guards against a read method ever writing.
-                read.pragma_update(None, "query_only", true)
-                    .map_err(|source| StoreError::Open {
-                        path: db_path.to_path_buf(),
-                        source,
-                    })?;
-                Ok(Mutex::new(read))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Kv {
             inner: Arc::new(Inner {
-                write: Mutex::new(write),
-                readers: readers.into_boxed_slice(),
-                next_reader: AtomicUsize::new(0),
+                pool: Pool::open(db_path, Durability::Normal)?,
             }),
         })
     }
 
     fn writer(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock rolled its transaction back when the `Transaction`
-        // dropped, so the connection is still usable.
-        self.inner.write.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.pool.writer()
     }
 
-    /// A free read connection, or when all are busy, the next one in turn.
     fn reader(&self) -> MutexGuard<'_, Connection> {
-        let readers = &self.inner.readers;
-        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
-        for i in 0..readers.len() {
-            match readers[(start + i) % readers.len()].try_lock() {
-                Ok(guard) => return guard,
-                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
-            }
-        }
-        readers[start % readers.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.pool.reader()
     }
 
     /// Runs `f` in one write transaction and commits it.

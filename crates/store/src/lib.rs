@@ -36,6 +36,7 @@ mod error;
 mod events;
 pub mod kv;
 pub mod objects;
+mod pool;
 mod records;
 mod revisions;
 mod rollout;

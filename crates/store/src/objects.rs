@@ -22,7 +22,8 @@
 //! - A digest or upload id becomes part of a path only after it was validated (64 lowercase hex
 //!   characters; a ULID in its canonical form), so none can point outside the objects directory.
 
-use crate::{Durability, StoreError, blobs, open_connection, time};
+use crate::pool::Pool;
+use crate::{Durability, StoreError, blobs, time};
 use md5::Md5;
 use nubo_core::ErrorCode;
 use nubo_core::limits::{
@@ -36,8 +37,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, MutexGuard};
 use std::time::SystemTime;
 
 /// Where object files live, relative to the data directory.
@@ -48,9 +48,6 @@ const CONTENT_DIR: &str = "sha256";
 const PARTS_DIR: &str = "parts";
 /// Files being written, under [`OBJECTS_DIR`]; emptied when the store opens.
 const TMP_DIR: &str = "tmp";
-
-/// Read connections. Each costs a file handle and SQLite's page cache.
-const READERS: usize = 4;
 
 /// How much a put reads from its source at a time.
 const COPY_CHUNK: usize = 256 * 1024;
@@ -273,13 +270,10 @@ pub struct Objects {
 struct Inner {
     /// `<data dir>/objects`.
     root: PathBuf,
-    /// Object metadata writes, `synchronous=FULL`. Its lock is also the critical section in
-    /// which content files are placed and removed (see the module invariants).
-    write: Mutex<Connection>,
-    /// Read connections; WAL lets them read while a write commits.
-    readers: Box<[Mutex<Connection>]>,
-    /// Where the next read starts looking for a free connection.
-    next_reader: AtomicUsize,
+    /// Metadata connections, writes `synchronous=FULL`. The write connection's lock is also
+    /// the critical section in which content files are placed and removed (see the module
+    /// invariants).
+    pool: Pool,
 }
 
 impl fmt::Debug for Objects {
@@ -299,25 +293,10 @@ impl Objects {
         for dir in [CONTENT_DIR, PARTS_DIR, TMP_DIR] {
             blobs::create_private_dir(&root.join(dir))?;
         }
-        let write = open_connection(db_path, Durability::Full)?;
-        let readers = (0..READERS)
-            .map(|_| {
-                let read = open_connection(db_path, Durability::Full)?;
-                // Guards against a read method ever writing.
-                read.pragma_update(None, "query_only", true)
-                    .map_err(|source| StoreError::Open {
-                        path: db_path.to_path_buf(),
-                        source,
-                    })?;
-                Ok(Mutex::new(read))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
         let objects = Objects {
             inner: Arc::new(Inner {
                 root,
-                write: Mutex::new(write),
-                readers: readers.into_boxed_slice(),
-                next_reader: AtomicUsize::new(0),
+                pool: Pool::open(db_path, Durability::Full)?,
             }),
         };
         objects.remove_leftovers();
@@ -355,25 +334,11 @@ impl Objects {
     }
 
     fn writer(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock rolled its transaction back when the `Transaction`
-        // dropped, so the connection is still usable.
-        self.inner.write.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.pool.writer()
     }
 
-    /// A free read connection, or when all are busy, the next one in turn.
     fn reader(&self) -> MutexGuard<'_, Connection> {
-        let readers = &self.inner.readers;
-        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
-        for i in 0..readers.len() {
-            match readers[(start + i) % readers.len()].try_lock() {
-                Ok(guard) => return guard,
-                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
-            }
-        }
-        readers[start % readers.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.pool.reader()
     }
 
     /// Runs `f` in one read transaction, so its queries see one snapshot.

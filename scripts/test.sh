@@ -21,6 +21,38 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -qq && apt-get install -y -qq nodejs npm
 fi
 
+step "services (Mosquitto, NATS with JetStream) for the trigger tests"
+# Started here when not already running; they outlive the run, like system services would.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! command -v mosquitto >/dev/null && ! [ -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients
+fi
+if ! port_open 1883; then
+  mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+  "$mosquitto_bin" -d -p 1883
+fi
+if ! command -v nats-server >/dev/null && ! [ -x /usr/sbin/nats-server ]; then
+  apt-get update -qq && apt-get install -y -qq nats-server
+fi
+if ! port_open 4222; then
+  nats_bin="$(command -v nats-server || echo /usr/sbin/nats-server)"
+  mkdir -p "$cache/nats"
+  nohup "$nats_bin" -js -a 127.0.0.1 -p 4222 -sd "$cache/nats" >"$cache/nats/server.log" 2>&1 &
+fi
+for _ in $(seq 1 50); do
+  port_open 1883 && port_open 4222 && break
+  sleep 0.2
+done
+port_open 1883 || { echo "Mosquitto is not listening on 127.0.0.1:1883" >&2; exit 1; }
+port_open 4222 || { echo "nats-server is not listening on 127.0.0.1:4222" >&2; exit 1; }
+
+step "Prometheus (promtool checks /_nubo/metrics; one test scrapes it with a real server)"
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq prometheus
+  # The package starts a system service on :9090; the tests run their own.
+  service prometheus stop >/dev/null 2>&1 || true
+fi
+
 step "guest components"
 bash tests/guests/build.sh
 bash tests/js-guest/build.sh
@@ -29,7 +61,7 @@ bash tests/js-kv-guest/build.sh
 step "process test functions"
 bash tests/process/build.sh
 
-step "S3 clients (boto3, aws CLI v1)"
+step "Python clients (boto3, aws CLI v1, the CloudEvents SDK)"
 # A venv in the cache, refreshed only when tests/s3/requirements.txt changes.
 venv="$cache/venv"
 if ! cmp -s tests/s3/requirements.txt "$venv/requirements.txt" 2>/dev/null; then

@@ -13,9 +13,43 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub verbose: bool,
 
+    /// How Nubo's own log lines on stderr are written: `text`, or `json` (one object per
+    /// line, for log shippers).
+    #[arg(long, global = true, env = "NUBO_LOG_FORMAT", default_value = "text", value_name = "FORMAT", value_parser = parse_log_format)]
+    pub log_format: nubo_telemetry::LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options of `nubo logs`. Every filter given must match; all are applied by the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogsArgs {
+    /// APP or APP/FUNCTION.
+    pub target: String,
+    /// Keep streaming new lines; a dropped connection is resumed from the last line printed.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only this function's lines (same as APP/FUNCTION).
+    #[arg(long, value_name = "F")]
+    pub function: Option<String>,
+    /// How far back, e.g. "10m", "1h".
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines containing TEXT (case-sensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub grep: Option<String>,
+    /// Only this invocation's lines.
+    #[arg(long, value_name = "ID")]
+    pub invocation: Option<String>,
+    /// Only lines at or above this level, from functions that write JSON lines with a
+    /// `level` (or `severity`, `lvl`) field; lines without a level are left out.
+    #[arg(long, value_parser = ["trace", "debug", "info", "warn", "error"])]
+    pub level: Option<String>,
+    /// Print each line as the JSON object the admin API answers (with its `cursor`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of commands that start a server.
@@ -35,6 +69,16 @@ pub struct ServerArgs {
     /// deploy, except revisions that take traffic. At least 1.
     #[arg(long, env = "NUBO_KEEP_REVISIONS", default_value_t = nubo_control::DEFAULT_KEEP_REVISIONS, value_parser = parse_keep)]
     pub keep_revisions: usize,
+    /// Most invocation records kept (the newest); older ones are pruned in the background.
+    #[arg(long, env = "NUBO_KEEP_RECORDS", default_value_t = nubo_store::MAX_INVOCATION_ROWS, value_parser = parse_at_least_one_u64)]
+    pub keep_records: u64,
+    /// Most function log lines kept (the newest); older ones are pruned in the background.
+    #[arg(long, env = "NUBO_KEEP_LOG_LINES", default_value_t = nubo_store::MAX_LOG_ROWS, value_parser = parse_at_least_one_u64)]
+    pub keep_log_lines: u64,
+    /// Prune invocation records and log lines older than this, e.g. "168h" or "30m" (default:
+    /// keep them until the counts above push them out).
+    #[arg(long, env = "NUBO_KEEP_FOR", value_parser = parse_duration)]
+    pub keep_for: Option<std::time::Duration>,
     /// Most invocations running at once on this server, all functions together; functions
     /// with `reserve = true` take their `max_concurrency` out of it, the others share the rest.
     #[arg(long, env = "NUBO_MAX_CONCURRENCY", default_value_t = nubo_core::limits::DEFAULT_SERVER_MAX_CONCURRENCY, value_parser = parse_at_least_one)]
@@ -51,6 +95,10 @@ pub struct ServerArgs {
     /// Let process functions that ask for `network = "host"` share the server's network.
     #[arg(long, env = "NUBO_ALLOW_HOST_NETWORK")]
     pub allow_host_network: bool,
+    /// Labels of per-function metrics at /_nubo/metrics: none, app, function (app and
+    /// function) or revision (app, function and revision). Bounds how many series a scrape has.
+    #[arg(long, env = "NUBO_METRICS_LABELS", default_value = "function", value_parser = ["none", "app", "function", "revision"])]
+    pub metrics_labels: String,
     /// A host path mounted read-only at the same place inside every process sandbox (for a
     /// language runtime installed outside /usr); repeat for more.
     #[arg(long = "sandbox-ro", value_name = "PATH")]
@@ -254,17 +302,8 @@ pub enum Command {
         #[arg(long, value_name = "KEY", requires = "asynchronous")]
         idempotency_key: Option<String>,
     },
-    /// Show function log lines.
-    Logs {
-        /// APP or APP/FUNCTION.
-        target: String,
-        /// Keep streaming new lines.
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// How far back, e.g. "10m", "1h".
-        #[arg(long)]
-        since: Option<String>,
-    },
+    /// Show function log lines, filtered on the server.
+    Logs(LogsArgs),
     /// Show recent invocation records of an app, or with --status / --async its async
     /// invocations.
     Invocations {
@@ -334,6 +373,20 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: ObjCommand,
+    },
+    /// Durable queues: create, list, publish to, purge and remove queues.
+    Queue {
+        /// What to do.
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// An app's triggers in force (cron, queue, object, MQTT, NATS) and how each is doing.
+    Triggers {
+        /// App name.
+        app: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Secrets of an app: set one from stdin or a file, list names, remove one.
     Secrets {
@@ -439,6 +492,43 @@ pub enum KvCommand {
     },
 }
 
+/// `nubo queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Create an empty queue (deploys create the queues their apps name).
+    Create {
+        /// The queue's name: lowercase letters, digits, '-' or '_'.
+        queue: String,
+    },
+    /// List the queues with their figures: messages held, in flight, ever published.
+    Ls {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish one message and print its id once it is stored durably.
+    Publish {
+        /// The queue (it must exist).
+        queue: String,
+        /// The message: text as given, @FILE for a file's bytes, or @- for stdin.
+        #[arg(short, long, value_name = "DATA")]
+        data: String,
+        /// The message's content type, handed to the consumer.
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
+    },
+    /// Delete every message of a queue, leased or not.
+    Purge {
+        /// The queue.
+        queue: String,
+    },
+    /// Delete a queue and every message it holds.
+    Rm {
+        /// The queue.
+        queue: String,
+    },
+}
+
 /// `nubo obj` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ObjCommand {
@@ -492,4 +582,8 @@ pub enum ObjCommand {
         /// The object's key.
         key: String,
     },
+}
+
+fn parse_log_format(s: &str) -> Result<nubo_telemetry::LogFormat, String> {
+    s.parse()
 }

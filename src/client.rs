@@ -92,6 +92,19 @@ impl Client {
             .with_context(|| format!("unexpected answer from the server for {path}"))
     }
 
+    /// DELETE, expecting a success with no body worth reading.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let resp = self
+            .send(Method::DELETE, path, nubo_core::empty_body(), &[])
+            .await?;
+        let status = resp.status();
+        let body = read_body(resp).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(())
+    }
+
     /// GET and decode JSON.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.json(Method::GET, path, nubo_core::empty_body(), &[])

@@ -7,11 +7,13 @@ mod invoke;
 mod kv;
 mod logs;
 mod obj;
+mod queue;
 mod rollout;
 mod s3;
 mod secrets;
 mod server;
 mod traffic;
+mod triggers;
 mod up;
 
 use crate::cli::{Cli, Command};
@@ -102,11 +104,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 invoke::run(request, include, revision).await
             }
         }
-        Command::Logs {
-            target,
-            follow,
-            since,
-        } => logs::run(&target, follow, since.as_deref()).await,
+        Command::Logs(args) => logs::run(args).await,
         Command::Invocations {
             app,
             function,
@@ -147,6 +145,8 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Obj { command } => obj::run(command).await,
         Command::S3 { command } => s3::run(command).await,
         Command::Secrets { command } => secrets::run(command).await,
+        Command::Queue { command } => queue::run(command).await,
+        Command::Triggers { app, json } => triggers::run(&app, json).await,
         Command::CompileWorker => Ok(ExitCode::from(2)),
     }
 }

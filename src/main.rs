@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         // The compile worker speaks a byte protocol on stdio: no logging setup, no runtime.
         return nubo_runtime::compile_worker_main();
     }
-    nubo_telemetry::init_tracing(if cli.verbose { "debug" } else { "info" });
+    nubo_telemetry::init_tracing(if cli.verbose { "debug" } else { "info" }, cli.log_format);
     match nubo::run(cli) {
         Ok(code) => code,
         Err(e) => {

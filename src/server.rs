@@ -1,15 +1,20 @@
-//! The embedded server: store, runtime, control plane and gateway wired together.
+//! The embedded server: store, runtime, control plane, gateway and triggers wired together.
 
 use anyhow::Context as _;
 use nubo_control::Control;
+use nubo_core::api::v1::TriggerInfo;
+use nubo_core::rfc3339;
 use nubo_gateway::{AdminAuth, Gateway, GatewayConfig};
 use nubo_runtime::sandbox::SandboxPolicy;
 use nubo_runtime::{CompileWorker, RuntimeConfig, WasmRuntime};
-use nubo_store::Store;
+use nubo_store::{Accepted, NewEvent, Store, SubmitError};
+use nubo_triggers::{AppTriggers, Triggers};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -41,6 +46,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Revisions kept per app (newest first; revisions with traffic are always kept).
     pub keep_revisions: usize,
+    /// How many invocation records and log lines are kept, and for how long.
+    pub retention: nubo_store::Retention,
     /// Server-wide cap on invocations running at once; functions with `reserve = true` take
     /// their `max_concurrency` out of it, the others share the rest.
     pub max_concurrency: u32,
@@ -59,6 +66,9 @@ pub struct ServerConfig {
     pub s3_access_key: Option<String>,
     /// The S3 secret from the operator (`NUBO_S3_SECRET_KEY`).
     pub s3_secret_key: Option<Hidden>,
+    /// How far `/_nubo/metrics` breaks figures down: by app, function (the default) and
+    /// revision, or not at all. Each step multiplies the series a scraper stores.
+    pub metrics_labels: nubo_telemetry::MetricsLabels,
 }
 
 /// The default state directory: `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
@@ -82,6 +92,11 @@ pub struct Server {
     s3: Option<(TcpListener, nubo_gateway::s3::S3Service)>,
     s3_addr: Option<SocketAddr>,
     drain_timeout: Duration,
+    /// The apps' triggers, and the task that keeps them in step with the serving revisions.
+    triggers: Triggers,
+    follower: tokio::task::JoinHandle<()>,
+    /// Counts deploys for `/_nubo/metrics`.
+    deploy_counter: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -145,14 +160,19 @@ impl Server {
                 sandbox,
                 kv: Some(store.kv()),
                 objects: Some(store.objects()),
+                queues: Some(store.queues()),
                 secrets: Some(store.secrets()?),
                 ..RuntimeConfig::default()
             })
             .context("starting the wasm runtime")?,
         );
+        // Invocations are counted as their records are emitted, through pre-built metric
+        // families (no lock held across an await, nothing allocated once a series exists).
+        let metrics = nubo_telemetry::Metrics::new(config.metrics_labels);
         let (sink, rx) = nubo_telemetry::record_channel(RECORD_QUEUE);
+        let sink = sink.with_metrics(metrics.clone());
         let writer = store
-            .spawn_record_writer(rx)
+            .spawn_record_writer_with(rx, config.retention)
             .context("starting the record writer")?;
         let control = Arc::new(Control::with_retention(
             store,
@@ -222,7 +242,7 @@ impl Server {
             }
         };
         let gateway = Gateway::new(
-            control,
+            control.clone(),
             runtime,
             sink,
             GatewayConfig {
@@ -237,6 +257,16 @@ impl Server {
             Some((event_writer, pending)),
         );
         gateway.start_deliverer();
+        gateway.set_metrics(metrics.clone());
+        // Triggers deliver through the gateway's async machinery, and follow each app's
+        // serving revision from now on.
+        let triggers = Triggers::start(
+            control.store().clone(),
+            Arc::new(GatewaySink(Arc::downgrade(&gateway))),
+        );
+        gateway.set_trigger_statuses(Arc::new(TriggerView(triggers.clone())));
+        let deploy_counter = count_deploys(control.clone(), metrics);
+        let follower = follow_apps(control, triggers.clone());
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "server built"
@@ -249,6 +279,9 @@ impl Server {
             s3,
             s3_addr,
             drain_timeout: config.drain_timeout,
+            triggers,
+            follower,
+            deploy_counter,
         })
     }
 
@@ -271,10 +304,25 @@ impl Server {
             writer,
             s3,
             drain_timeout,
+            triggers,
+            follower,
+            deploy_counter,
             ..
         } = self;
         // Both listeners stop on the same signal and drain side by side.
         let shutdown = Box::pin(shutdown).shared();
+        // Triggers stop first, so no new delivery arrives while the gateway drains; the
+        // follower first of all, so it cannot start them again.
+        let gateway_shutdown = {
+            let signal = shutdown.clone();
+            async move {
+                signal.await;
+                deploy_counter.abort();
+                follower.abort();
+                let _ = follower.await;
+                triggers.shutdown().await;
+            }
+        };
         let s3 = async {
             match s3 {
                 Some((l, service)) => {
@@ -285,13 +333,147 @@ impl Server {
                 None => Ok(()),
             }
         };
-        let (main, s3) = tokio::join!(gateway.serve(listener, shutdown.clone()), s3);
+        let (main, s3) = tokio::join!(gateway.serve(listener, gateway_shutdown), s3);
         main?;
         s3?;
         // Give finished responses a moment to release their records, then flush them all.
         tokio::task::spawn_blocking(move || writer.shutdown()).await?;
         Ok(())
     }
+}
+
+/// Trigger deliveries go through the gateway's async machinery, under its bound. Holds the
+/// gateway weakly: the gateway holds the triggers (for their status), not the other way.
+struct GatewaySink(Weak<Gateway>);
+
+impl nubo_triggers::Sink for GatewaySink {
+    fn submit(
+        &self,
+        event: NewEvent,
+    ) -> Pin<Box<dyn Future<Output = Result<Accepted, SubmitError>> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(gateway) => gateway.submit_stored(event).await,
+                None => Err(SubmitError::Stopped),
+            }
+        })
+    }
+}
+
+/// The triggers' status in the admin API's wire form.
+struct TriggerView(Triggers);
+
+impl nubo_gateway::TriggerStatuses for TriggerView {
+    fn statuses<'a>(
+        &'a self,
+        app: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Vec<TriggerInfo>> + Send + 'a>> {
+        Box::pin(async move {
+            self.0
+                .status(app)
+                .await
+                .into_iter()
+                .map(|t| TriggerInfo {
+                    name: t.name,
+                    kind: t.kind,
+                    function: t.function,
+                    revision: t.revision,
+                    source: t.source,
+                    state: t.state,
+                    last_fire: t.last_fire.map(rfc3339),
+                    next_fire: t.next_fire.map(rfc3339),
+                    backlog: t.backlog,
+                    lag_ms: t.lag_ms,
+                    fires: t.fires,
+                    errors: t.errors,
+                    last_error: t.last_error,
+                    loops_stopped: t.loops_stopped,
+                    skipped: t.skipped,
+                })
+                .collect()
+        })
+    }
+}
+
+/// Keeps every app's triggers as declared by its primary (highest-weight) revision: applies
+/// them now, then again after each change the control plane reports. Apps whose primary
+/// revision did not change are left alone; apps that are gone have their triggers stopped.
+fn follow_apps(control: Arc<Control>, triggers: Triggers) -> tokio::task::JoinHandle<()> {
+    let mut changes = control.subscribe_changes();
+    tokio::spawn(async move {
+        let mut applied: BTreeMap<String, u64> = BTreeMap::new();
+        loop {
+            changes.mark_unchanged();
+            let serving: BTreeMap<String, Arc<nubo_control::LiveRevision>> = control
+                .apps()
+                .into_iter()
+                .filter_map(|a| {
+                    let primary = a.state().primary().cloned();
+                    primary.map(|r| (a.name.to_string(), r))
+                })
+                .collect();
+            let gone: Vec<String> = applied
+                .keys()
+                .filter(|a| !serving.contains_key(*a))
+                .cloned()
+                .collect();
+            for app in gone {
+                triggers.apply(&app, None).await;
+                applied.remove(&app);
+            }
+            for (app, r) in serving {
+                if applied.get(&app) == Some(&r.revision) {
+                    continue;
+                }
+                let set = AppTriggers {
+                    revision: r.revision,
+                    manifest: Arc::new(r.manifest.clone()),
+                };
+                triggers.apply(&app, Some(set)).await;
+                applied.insert(app, r.revision);
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Counts deploys in `metrics`: revision numbers only grow with deploys, so each rise of an
+/// app's newest loaded revision after a change is that many deploys (an app seen for the first
+/// time counts one). What was loaded at start is not counted.
+fn count_deploys(
+    control: Arc<Control>,
+    metrics: Arc<nubo_telemetry::Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    fn newest(control: &Control) -> BTreeMap<String, u64> {
+        control
+            .apps()
+            .into_iter()
+            .map(|a| {
+                let state = a.state();
+                let split = state.split.iter().map(|(r, _)| r.revision);
+                let staged = state.staged.keys().copied();
+                (a.name.to_string(), split.chain(staged).max().unwrap_or(0))
+            })
+            .collect()
+    }
+    let mut changes = control.subscribe_changes();
+    tokio::spawn(async move {
+        changes.mark_unchanged();
+        let mut known = newest(&control);
+        while changes.changed().await.is_ok() {
+            let now = newest(&control);
+            for (app, revision) in &now {
+                match known.get(app) {
+                    Some(before) if revision > before => metrics.deployed(app, revision - before),
+                    Some(_) => {}
+                    None => metrics.deployed(app, 1),
+                }
+            }
+            known = now;
+        }
+    })
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -13,6 +13,7 @@ mod e2e {
     mod egress;
     mod egress_process;
     mod errors;
+    mod examples_events;
     mod kv;
     mod kv_js;
     mod kv_process;
@@ -20,6 +21,7 @@ mod e2e {
     mod lifecycle;
     mod limits;
     mod logs;
+    mod metrics;
     mod objects;
     mod objects_fn;
     mod process;
@@ -27,4 +29,5 @@ mod e2e {
     mod sandbox;
     mod secrets;
     mod traffic;
+    mod triggers;
 }

@@ -288,6 +288,15 @@ pub(crate) fn print_result(client: &Client, resp: &DeployResponse) {
             r.function
         );
     }
+    for t in &resp.triggers {
+        println!("  trigger  {} ({})  -> {}", t.name, t.kind, t.function);
+    }
+    if !resp.triggers.is_empty() && share < 50 {
+        println!(
+            "  (its triggers take over once revision {} has the largest share of traffic; see `nubo triggers {}`)",
+            resp.revision, resp.app
+        );
+    }
     if let Some(t) = &resp.traffic {
         let note = match share {
             100 => "takes all traffic".to_string(),

@@ -175,19 +175,7 @@ async fn set(store: &str, key: &str, value: &str, ttl: Option<&str>) -> anyhow::
 
 async fn rm(store: &str, key: &str) -> anyhow::Result<ExitCode> {
     let client = Client::from_env()?;
-    let resp = client
-        .send(
-            Method::DELETE,
-            &key_path(store, key),
-            nubo_core::empty_body(),
-            &[],
-        )
-        .await?;
-    let status = resp.status();
-    let body = read_body(resp).await?;
-    if !status.is_success() {
-        return Err(api_error(status, &body));
-    }
+    client.delete(&key_path(store, key)).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -184,19 +184,7 @@ async fn make_bucket(bucket: &str) -> anyhow::Result<ExitCode> {
 
 async fn remove_bucket(bucket: &str) -> anyhow::Result<ExitCode> {
     let client = Client::from_env()?;
-    let resp = client
-        .send(
-            Method::DELETE,
-            &bucket_path(bucket),
-            nubo_core::empty_body(),
-            &[],
-        )
-        .await?;
-    let status = resp.status();
-    let body = read_body(resp).await?;
-    if !status.is_success() {
-        return Err(api_error(status, &body));
-    }
+    client.delete(&bucket_path(bucket)).await?;
     println!("bucket {bucket} removed");
     Ok(ExitCode::SUCCESS)
 }
@@ -390,19 +378,7 @@ async fn get(bucket: &str, key: &str, file: Option<&str>) -> anyhow::Result<Exit
 
 async fn rm(bucket: &str, key: &str) -> anyhow::Result<ExitCode> {
     let client = Client::from_env()?;
-    let resp = client
-        .send(
-            Method::DELETE,
-            &object_path(bucket, key),
-            nubo_core::empty_body(),
-            &[],
-        )
-        .await?;
-    let status = resp.status();
-    let body = read_body(resp).await?;
-    if !status.is_success() {
-        return Err(api_error(status, &body));
-    }
+    client.delete(&object_path(bucket, key)).await?;
     Ok(ExitCode::SUCCESS)
 }
 

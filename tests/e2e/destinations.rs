@@ -145,3 +145,60 @@ fn an_async_request_cannot_be_pinned_to_a_revision() {
     }
     assert!(async_of(&s, "pin", "api").is_empty(), "nothing was queued");
 }
+
+#[test]
+fn a_queue_destination_receives_the_failure_record() {
+    let s = Server::start();
+    let manifest = format!(
+        "[app]\nname = \"qdest\"\n\n\
+         [function.broken]\nsource = \"{trap}\"\non_failure = \"queue:failed-work\"\n\
+         retry = {{ max_attempts = 2, backoff = \"20ms\" }}\n\n\
+         [function.reader]\nsource = \"{chain}\"\nenv = {{ CHAIN_ROUTE = \"/dump\" }}\n\n\
+         [[trigger.queue]]\nfunction = \"reader\"\nqueue = \"failed-work\"\n\n\
+         [[route]]\npath = \"/qdest/broken\"\nfunction = \"broken\"\n",
+        trap = guest("trap").display(),
+        chain = guest("chain").display()
+    );
+    let dir = app_dir(&manifest);
+    s.ok(&["deploy", "--no-build", dir.path().to_str().unwrap()]);
+    // The deploy created the queue the destination names.
+    assert!(s.ok(&["queue", "ls"]).contains("failed-work"));
+    let r = http(
+        s.addr,
+        "POST",
+        "/qdest/broken",
+        &[
+            ("nubo-invocation-type", "event"),
+            ("content-type", "application/json"),
+        ],
+        br#"{"job":7}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["invocation_id"].as_str().unwrap().to_string();
+    // The record went through the queue to the reader, as a queue message CloudEvent.
+    let dumped = eventually(Duration::from_secs(30), || {
+        let r = http(
+            s.addr,
+            "GET",
+            "/_nubo/api/v1/apps/qdest/logs?function=reader",
+            &[],
+            b"",
+        );
+        r.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["line"].as_str().map(str::to_string))
+            .find_map(|l| l.strip_prefix("REQUEST ").map(str::to_string))
+    });
+    let req: serde_json::Value = serde_json::from_str(&dumped).unwrap();
+    assert_eq!(req["headers"]["ce-type"], "dev.nubo.queue.message");
+    assert_eq!(req["headers"]["ce-source"], "/queues/failed-work");
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(req["body"].as_str().unwrap())
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(record["requestContext"]["requestId"], id.as_str());
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestPayload"]["job"], 7);
+}

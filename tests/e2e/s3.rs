@@ -519,3 +519,50 @@ fn cli_shows_the_credentials_the_endpoint_takes_and_they_survive_a_restart() {
     assert_eq!(r.status, 404);
     assert!(r.text().contains("--s3-listen"), "{}", r.text());
 }
+
+#[test]
+fn uploads_through_the_s3_endpoint_trigger_object_events() {
+    let s = Server::start();
+    let manifest = format!(
+        "[app]\nname = \"drops\"\n\n[function.seen]\nsource = \"{}\"\nenv = {{ CHAIN_ROUTE = \"/\" }}\n\n\
+         [[trigger.object]]\nfunction = \"seen\"\nbucket = \"drop-zone\"\n",
+        guest("chain").display()
+    );
+    let dir = app_dir(&manifest);
+    s.ok(&["deploy", "--no-build", dir.path().to_str().unwrap()]);
+    let s3 = S3::of(&s);
+    // One plain put and one multipart upload (over the 5 MB threshold of the test config).
+    let small = s3.dir.path().join("small.txt");
+    std::fs::write(&small, b"hello").unwrap();
+    let big = s3.dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 6 * 1024 * 1024]).unwrap();
+    s3.aws_ok(&["cp", small.to_str().unwrap(), "s3://drop-zone/in/small.txt"]);
+    s3.aws_ok(&["cp", big.to_str().unwrap(), "s3://drop-zone/in/big.bin"]);
+    s3.aws_ok(&["rm", "s3://drop-zone/in/small.txt"]);
+    let seen = eventually(Duration::from_secs(30), || {
+        let r = http(
+            s.addr,
+            "GET",
+            "/_nubo/api/v1/apps/drops/logs?limit=100",
+            &[],
+            b"",
+        );
+        let events: Vec<String> = r
+            .text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["line"].as_str().map(str::to_string))
+            .filter(|l| l.starts_with("EVENT "))
+            .collect();
+        (events.len() >= 2).then_some(events)
+    });
+    // The trigger watches "created" only: the delete is not delivered.
+    assert!(
+        seen.iter().any(
+            |e| e.starts_with("EVENT dev.nubo.object.created ") && e.contains(" in/small.txt ")
+        ),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|e| e.contains(" in/big.bin ")), "{seen:?}");
+    assert!(!seen.iter().any(|e| e.contains("deleted")), "{seen:?}");
+}

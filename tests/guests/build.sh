@@ -2,7 +2,7 @@
 # Builds Nubo's Rust test guests (wasi:http components) for wasm32-wasip2 in release mode and
 # prints the path of each produced .wasm, one per line, on stdout. Progress goes to stderr.
 #
-# Usage: tests/guests/build.sh [GUEST...]   (default: all of loop membomb trap outbound echo kv kv2 config objects)
+# Usage: tests/guests/build.sh [GUEST...]   (default: all of loop membomb trap outbound echo kv kv2 config objects chain)
 # Works from any directory. Each guest is a standalone cargo project; its component lands in
 # tests/guests/<guest>/target/wasm32-wasip2/release/<guest>_guest.wasm.
 set -euo pipefail
@@ -10,7 +10,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 guests=("$@")
 if [ "${#guests[@]}" -eq 0 ]; then
-    guests=(loop membomb trap outbound echo kv kv2 config objects)
+    guests=(loop membomb trap outbound echo kv kv2 config objects chain)
 fi
 
 # Outputs must land in each project's own target/ folder, whatever the caller's environment says.

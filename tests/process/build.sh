@@ -35,6 +35,7 @@ install_awslambdaric "$here/python/app"
 install_awslambdaric "$here/python/init_error"
 install_awslambdaric "$here/python/kv"
 install_awslambdaric "$here/python/objects"
+install_awslambdaric "$here/python/events"
 
 # Build outputs that outlive a clone (CI runs on fresh clones) live in the cache directory.
 cache="${NUBO_CACHE_DIR:-$HOME/.cache/nubo}"

@@ -4,7 +4,7 @@ use crate::Control;
 use crate::bundle::{Bundle, BundleError};
 use crate::live::{AppState, LiveApp, LiveRevision};
 use nubo_core::api::v1::{
-    DeployResponse, DeployedFunction, RouteInfo, TrafficState, WeightedRevision,
+    DeployResponse, DeployedFunction, DeployedTrigger, RouteInfo, TrafficState, WeightedRevision,
 };
 use nubo_core::engine::{Artifact, CodeError, Engine, LoadFunction};
 use nubo_core::manifest::{self, Manifest, ManifestErrors, Runtime};
@@ -380,13 +380,17 @@ impl Control {
             .await
             .map_err(join_err)?
             .map_err(|e| DeployError::Internal(format!("creating key-value stores: {e}")))?;
-        // Bound buckets likewise; an existing bucket and its objects are left as they are.
+        // Bound buckets and those object triggers watch likewise; an existing bucket and its
+        // objects are left as they are.
         let objects = self.store.objects();
-        let buckets: Vec<String> = manifest
+        let mut buckets: Vec<String> = manifest
             .functions
             .values()
             .flat_map(|f| f.buckets.clone())
+            .chain(manifest.watched_buckets())
             .collect();
+        buckets.sort();
+        buckets.dedup();
         tokio::task::spawn_blocking(move || {
             buckets
                 .iter()
@@ -395,6 +399,16 @@ impl Control {
         .await
         .map_err(join_err)?
         .map_err(|e| DeployError::Internal(format!("creating buckets: {e}")))?;
+        // The queues the app names (triggers, bindings, destinations) likewise; existing ones
+        // keep their messages.
+        let queues = self.store.queues();
+        let named = manifest.queues();
+        tokio::task::spawn_blocking(move || {
+            named.iter().try_for_each(|q| queues.create(q).map(drop))
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(|e| DeployError::Internal(format!("creating queues: {e}")))?;
         let store = self.store.clone();
         let expected = opts.expected_generation;
         let mut available: Vec<Arc<LiveRevision>> = current
@@ -446,6 +460,15 @@ impl Control {
             functions,
             routes: route_infos(&manifest),
             traffic: Some(self.traffic_state_of(&slot)),
+            triggers: manifest
+                .triggers
+                .iter()
+                .map(|t| DeployedTrigger {
+                    name: t.name.clone(),
+                    kind: t.source.kind().to_string(),
+                    function: t.function.clone(),
+                })
+                .collect(),
         })
     }
 
@@ -469,6 +492,7 @@ impl Control {
         self.apps.store(Arc::new(apps));
         self.routes.store(Arc::new(routes));
         self.engine.retain(app, &[]);
+        self.changed();
         self.reload_rollout(app).await;
         tracing::info!(app, revision = primary, "removed");
         Ok(primary)
@@ -648,4 +672,78 @@ pub fn route_infos(m: &Manifest) -> Vec<RouteInfo> {
             function: r.function.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nubo_core::engine::CodeError;
+
+    /// An engine that "compiles" by copying the code and loads anything.
+    struct CopyEngine;
+
+    impl Engine for CopyEngine {
+        fn artifact_key(&self) -> &str {
+            "copy-engine-1"
+        }
+
+        fn compile(
+            &self,
+            _function: &str,
+            _runtime: Runtime,
+            code: &[u8],
+        ) -> Result<Vec<u8>, CodeError> {
+            Ok(code.to_vec())
+        }
+
+        fn load(&self, _functions: Vec<LoadFunction>) -> Result<(), CodeError> {
+            Ok(())
+        }
+
+        fn retain(&self, _app: &str, _keep: &[u64]) {}
+    }
+
+    fn bundle(manifest: &str) -> Vec<u8> {
+        let mut w = crate::BundleWriter::new();
+        w.part("nubo.toml", manifest.as_bytes());
+        w.part("function/api", b"code");
+        w.finish()
+    }
+
+    #[tokio::test]
+    async fn a_deploy_creates_the_queues_its_app_names_and_every_change_is_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let c = Control::new(store.clone(), Arc::new(CopyEngine));
+        let mut changes = c.subscribe_changes();
+        assert!(!changes.has_changed().unwrap());
+
+        let manifest = "[app]\nname = \"shop\"\n\
+            [function.api]\nsource = \"api.wasm\"\nqueues = [\"outbox\"]\n\
+            on_failure = \"queue:failures\"\n\
+            [[route]]\npath = \"/shop\"\nfunction = \"api\"\n\
+            [[trigger.queue]]\nqueue = \"orders\"\nfunction = \"api\"\n";
+        c.deploy(&bundle(manifest)).await.unwrap();
+        assert!(changes.has_changed().unwrap(), "a deploy is announced");
+        changes.mark_unchanged();
+        let mut names: Vec<String> = store
+            .queues()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["failures", "orders", "outbox"]);
+
+        // A failed deploy changes nothing, so announces nothing.
+        assert!(c.deploy(b"not a bundle").await.is_err());
+        assert!(!changes.has_changed().unwrap());
+
+        c.remove("shop").await.unwrap();
+        assert!(changes.has_changed().unwrap(), "a removal is announced");
+        changes.mark_unchanged();
+        c.restore().await;
+        assert!(changes.has_changed().unwrap(), "a restore is announced");
+    }
 }

@@ -41,6 +41,9 @@ pub use nubo_store::{
     Accepted, Attempt, AttemptResult, Event, EventState, EventWriter, MAX_FINISHED_EVENTS,
     NewEvent, Next, SubmitError,
 };
+/// The durable queues, for the gateway's admin endpoints and queue destinations (reached
+/// through [`Control::store`]).
+pub use nubo_store::{MAX_MESSAGE_BYTES, NewMessage, QueueError, QueueInfo, Queues};
 pub use rollout::{
     DEFAULT_ERROR_RATIO, DEFAULT_MIN_ERROR_RATE, EARLY_TRIP_REQUESTS, MAX_INTERVAL, MIN_INTERVAL,
 };
@@ -72,6 +75,8 @@ pub struct Control {
     keep_revisions: usize,
     /// Each app's running rollout, or the last one that ended (see [`rollout`]).
     rollouts: Mutex<HashMap<String, rollout::Run>>,
+    /// Bumped after every change of what serves (see [`Control::subscribe_changes`]).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Control {
@@ -121,7 +126,21 @@ impl Control {
             commit_lock: tokio::sync::Mutex::new(()),
             keep_revisions: keep_revisions.max(1),
             rollouts: Mutex::new(HashMap::new()),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver whose value is bumped after every change of what serves: a restore, deploy,
+    /// removal, traffic change, rollback, rollout step or abort. Whoever follows the apps'
+    /// serving revisions (the triggers) reads [`Control::apps`] again when it changes; a burst
+    /// of changes may be seen as one.
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Tells the subscribers that what serves changed.
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The global route table (finds a request's app). Lock-free; the snapshot stays valid
@@ -220,6 +239,7 @@ impl Control {
             }
         }
         self.resume_rollouts().await;
+        self.changed();
         report.elapsed = start.elapsed();
         report
     }
@@ -300,6 +320,7 @@ impl Control {
         slot.set_state(next);
         self.apps.store(Arc::new(apps));
         self.routes.store(Arc::new(routes));
+        self.changed();
         Ok(out)
     }
 
@@ -450,19 +471,19 @@ impl Control {
             .map_err(|e| DeployError::Internal(e.to_string()))??)
     }
 
-    /// Log lines of an app (optionally one function) since a time or after a cursor, oldest
-    /// first, each with its cursor.
+    /// Log lines of an app that pass `filter` (function, invocation, text, minimum level),
+    /// since a time and after a cursor, oldest first, each with its cursor.
     pub async fn logs(
         &self,
         app: String,
-        function: Option<String>,
+        filter: nubo_core::api::v1::LogFilter,
         since: std::time::SystemTime,
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, nubo_core::api::v1::LogLine)>, DeployError> {
         let store = self.store.clone();
         Ok(tokio::task::spawn_blocking(move || {
-            store.logs(&app, function.as_deref(), since, after, limit)
+            store.search_logs(&app, &filter, since, after, limit)
         })
         .await
         .map_err(|e| DeployError::Internal(e.to_string()))??)

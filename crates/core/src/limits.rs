@@ -62,6 +62,22 @@ pub const MAX_KV_BINDINGS: usize = 16;
 /// Most object storage buckets one function may bind (`buckets = [...]`).
 pub const MAX_BUCKET_BINDINGS: usize = 16;
 
+/// Most queues one function may bind (`queues = [...]`) to publish to.
+pub const MAX_QUEUE_BINDINGS: usize = 16;
+
+/// Most triggers one app may declare, all kinds together.
+pub const MAX_TRIGGERS_PER_APP: usize = 64;
+
+/// Most messages a queue trigger delivers in one batch.
+pub const MAX_QUEUE_BATCH: u32 = 100;
+
+/// Longest a queue trigger waits to fill a batch.
+pub const MAX_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How many trigger deliveries one chain of events may pass through before Nubo stops it as
+/// a loop (an object written by the function it triggers, a queue feeding its own publisher).
+pub const MAX_TRIGGER_HOPS: u32 = 16;
+
 /// Default function memory limit.
 pub const DEFAULT_FUNCTION_MEMORY: u64 = 128 * 1024 * 1024;
 

@@ -12,6 +12,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+mod triggers;
+
+pub use triggers::{
+    Credential, CronSpec, MAX_CATCH_UP, Missed, MqttSpec, NatsSpec, ObjectEventKind,
+    ObjectTriggerSpec, QueueTriggerSpec, Schedule, TriggerSource, TriggerSpec,
+};
+
 /// The file name the CLI looks for.
 pub const FILE_NAME: &str = "nubo.toml";
 
@@ -24,7 +31,13 @@ pub struct Manifest {
     pub functions: BTreeMap<String, FunctionSpec>,
     /// Routes, in manifest order.
     pub routes: Vec<RouteSpec>,
+    /// Triggers, in manifest order by kind. Revisions stored before triggers existed have none.
+    #[serde(default)]
+    pub triggers: Vec<TriggerSpec>,
 }
+
+/// How a destination names a queue: `on_failure = "queue:failed-orders"`.
+pub const QUEUE_DESTINATION: &str = "queue:";
 
 /// How a function runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +99,9 @@ pub struct FunctionSpec {
     /// Object storage buckets the function may use, by name; it can reach no other.
     #[serde(default)]
     pub buckets: Vec<String>,
+    /// Queues the function may publish to, by name; it can reach no other.
+    #[serde(default)]
+    pub queues: Vec<String>,
     /// Where the function may connect (`allowed_hosts`), as written; checked with
     /// [`crate::egress::Allowlist::parse`] when the manifest is parsed. Empty: nowhere.
     #[serde(default)]
@@ -158,9 +174,10 @@ impl ProcessSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DestinationSpec {
-    /// Function invoked (async) with the record of a successful invocation.
+    /// Where the record of a successful invocation goes: another function of the app (its
+    /// name, invoked async), or a queue (`queue:NAME`, see [`QUEUE_DESTINATION`]).
     pub on_success: Option<String>,
-    /// Function invoked (async) with the record of an invocation whose attempts ran out.
+    /// Where the record of an invocation whose attempts ran out goes, as for `on_success`.
     pub on_failure: Option<String>,
 }
 
@@ -281,6 +298,8 @@ struct RawManifest {
     function: BTreeMap<Spanned<String>, Spanned<RawFunction>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    trigger: Option<triggers::RawTriggers>,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +337,7 @@ struct RawFunction {
     tmp: Option<Spanned<ByteSize>>,
     kv: Option<Spanned<Vec<String>>>,
     buckets: Option<Spanned<Vec<String>>>,
+    queues: Option<Spanned<Vec<String>>>,
 }
 
 /// An `env` value: text, or a reference to a secret (`{ secret = "db_url" }`).
@@ -372,10 +392,11 @@ const FUNCTION_KEYS: &[&str] = &[
     "tmp",
     "kv",
     "buckets",
+    "queues",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "max_age", "backoff"];
 const ROUTE_KEYS: &[&str] = &["path", "function", "methods"];
-const TOP_KEYS: &[&str] = &["app", "function", "route"];
+const TOP_KEYS: &[&str] = &["app", "function", "route", "trigger"];
 
 struct Src<'a> {
     text: &'a str,
@@ -443,6 +464,14 @@ fn de_error(src: &Src<'_>, e: &toml::de::Error) -> ManifestError {
             }
             Some(t) if t.starts_with("[function.") => (format!(" in {t}"), FUNCTION_KEYS),
             Some("[[route]]") => (" in [[route]]".to_string(), ROUTE_KEYS),
+            Some(t) if triggers::keys_of(t).is_some() => {
+                (format!(" in {t}"), triggers::keys_of(t).unwrap_or(TOP_KEYS))
+            }
+            // The error points into a `[[trigger.KIND]]` header of an unknown kind.
+            Some(t) if t.starts_with("[[trigger") || t.starts_with("[trigger") => (
+                " as a trigger kind".to_string(),
+                triggers::keys_of("[trigger]").unwrap_or(TOP_KEYS),
+            ),
             Some("[app]") => (" in [app]".to_string(), APP_KEYS),
             Some(t) if t.starts_with("[[") || t.starts_with('[') => (format!(" in {t}"), TOP_KEYS),
             _ => (" at the top level".to_string(), TOP_KEYS),
@@ -647,6 +676,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         let process = process(src, &at, runtime, f, concurrency, &mut errs);
         let kv = kv_bindings(src, &at, f, &mut errs);
         let buckets = bucket_bindings(src, &at, f, &mut errs);
+        let queues = queue_bindings(src, &at, f, &mut errs);
         let mut env = BTreeMap::new();
         let mut secret_env = BTreeMap::new();
         let mut env_bytes = 0;
@@ -700,6 +730,7 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
                 process,
                 kv,
                 buckets,
+                queues,
                 secret_env,
                 allowed_hosts,
             },
@@ -792,11 +823,14 @@ fn validate(src: &Src<'_>, raw: &RawManifest) -> Result<Manifest, ManifestErrors
         });
     }
 
+    let triggers = triggers::validate(src, &app, raw.trigger.as_ref(), &functions, &mut errs);
+
     if errs.is_empty() {
         Ok(Manifest {
             app,
             functions,
             routes,
+            triggers,
         })
     } else {
         errs.sort_by_key(|e| e.line.unwrap_or(0));
@@ -829,6 +863,37 @@ fn kv_bindings(
                 "{at} kv names {} stores; a function may bind at most {}",
                 names.len(),
                 limits::MAX_KV_BINDINGS
+            ),
+        ));
+    }
+    names
+}
+
+/// The queues a function binds (to publish to), checked and without repeats.
+fn queue_bindings(
+    src: &Src<'_>,
+    at: &str,
+    f: &RawFunction,
+    errs: &mut Vec<ManifestError>,
+) -> Vec<String> {
+    let Some(list) = &f.queues else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in list.get_ref() {
+        if let Err(e) = crate::validate_name("queue", name) {
+            errs.push(src.err(list, format!("{at} queues: {e}")));
+        } else if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    if names.len() > limits::MAX_QUEUE_BINDINGS {
+        errs.push(src.err(
+            list,
+            format!(
+                "{at} queues names {} queues; a function may bind at most {}",
+                names.len(),
+                limits::MAX_QUEUE_BINDINGS
             ),
         ));
     }
@@ -1033,12 +1098,12 @@ fn destination(
     let v = value?;
     let text = v.get_ref().trim();
     let at = format!("[function.{name}] {key}");
-    if text.starts_with("queue:") {
-        errs.push(src.err(v, format!(
-            "{at} = {text:?}: queue destinations are not available yet (durable queues come with triggers); send the record to a function of the app instead, like {key} = \"{}\"",
-            functions.keys().find(|k| *k != name).map_or("notify", String::as_str)
-        )));
-        return None;
+    if let Some(queue) = text.strip_prefix(QUEUE_DESTINATION) {
+        if let Err(e) = crate::validate_name("queue", queue) {
+            errs.push(src.err(v, format!("{at}: {e}")));
+            return None;
+        }
+        return Some(format!("{QUEUE_DESTINATION}{queue}"));
     }
     let target = text.strip_prefix("function:").unwrap_or(text);
     if target == name {

@@ -4,7 +4,9 @@
 use crate::admin_async;
 use crate::admin_kv;
 use crate::admin_objects;
+use crate::admin_queues;
 use crate::admin_secrets;
+use crate::admin_triggers;
 use crate::rescue::error_response;
 use crate::server::Gateway;
 use axum::Router;
@@ -15,8 +17,8 @@ use axum::routing::{any, get, post, put};
 use bytes::Bytes;
 use nubo_control::{DeployError, DeployOptions, LiveApp, route_infos};
 use nubo_core::api::v1::{
-    AppSummary, ConflictBody, ErrorDetail, RollbackRequest, RolloutRequest, TrafficState,
-    TrafficUpdate,
+    AppSummary, ConflictBody, ErrorDetail, LogFilter, RollbackRequest, RolloutRequest,
+    TrafficState, TrafficUpdate,
 };
 use nubo_core::{ErrorCode, limits, rfc3339};
 use serde::Deserialize;
@@ -124,6 +126,7 @@ pub(crate) fn router(weak: Gw) -> Router {
             "/_nubo/api/v1/apps/{app}/dlq/redrive",
             post(admin_async::redrive),
         )
+        .route("/_nubo/metrics", get(crate::prometheus::handler))
         .route("/_nubo/api/v1/metrics", get(metrics))
         .route(
             "/_nubo/api/v1/s3/credentials",
@@ -142,6 +145,25 @@ pub(crate) fn router(weak: Gw) -> Router {
             get(admin_kv::get_key)
                 .put(admin_kv::put_key)
                 .delete(admin_kv::delete_key),
+        )
+        .route("/_nubo/api/v1/queues", get(admin_queues::list))
+        .route(
+            "/_nubo/api/v1/queues/{queue}",
+            get(admin_queues::get)
+                .put(admin_queues::create)
+                .delete(admin_queues::delete),
+        )
+        .route(
+            "/_nubo/api/v1/queues/{queue}/messages",
+            post(admin_queues::publish),
+        )
+        .route(
+            "/_nubo/api/v1/queues/{queue}/purge",
+            post(admin_queues::purge),
+        )
+        .route(
+            "/_nubo/api/v1/apps/{app}/triggers",
+            get(admin_triggers::list),
         )
         .route("/_nubo/api/v1/buckets", get(admin_objects::list_buckets))
         .route(
@@ -404,6 +426,12 @@ async fn invocations(
 #[derive(Deserialize)]
 struct LogsQuery {
     function: Option<String>,
+    /// Only this invocation's lines.
+    invocation: Option<String>,
+    /// Only lines containing this text (case-sensitive).
+    grep: Option<String>,
+    /// Only lines at or above this level (`trace` … `error`).
+    level: Option<String>,
     /// A duration back from now (`10m`, `1h`).
     since: Option<String>,
     /// Resume after this cursor.
@@ -412,19 +440,39 @@ struct LogsQuery {
     limit: Option<usize>,
 }
 
-/// Log lines as newline-delimited JSON, each with its `cursor`; with `follow=true` the stream
-/// stays open and new lines arrive as they are written.
+/// Log lines as newline-delimited JSON, each with its `cursor`, filtered by function,
+/// invocation, text (`grep`, case-sensitive) and minimum level; with `follow=true` the stream
+/// stays open and new lines arrive as they are written. A follower that reconnects with
+/// `after=<last cursor>` gets every later line exactly once.
 async fn logs(
     State(w): State<Gw>,
     Path(app): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let g = gw(&w)?;
-    if g.control.app(&app).is_none() && !q.follow.unwrap_or(false) {
+    let follow = q.follow.unwrap_or(false);
+    if let Some(level) = &q.level
+        && nubo_telemetry::normalize_level(level).is_none()
+    {
+        return Err(ApiError::Plain(
+            ErrorCode::BadRequest,
+            format!(
+                "level: unknown log level \"{level}\"; use one of {}",
+                nubo_telemetry::LOG_LEVELS.join(", ")
+            ),
+        ));
+    }
+    if g.control.app(&app).is_none() && !follow {
         // A removed app may still have logs; only refuse names that never had any.
         let any = g
             .control
-            .logs(app.clone(), None, SystemTime::UNIX_EPOCH, None, 1)
+            .logs(
+                app.clone(),
+                LogFilter::default(),
+                SystemTime::UNIX_EPOCH,
+                None,
+                1,
+            )
             .await?;
         if any.is_empty() {
             return Err(DeployError::AppNotFound(app).into());
@@ -440,10 +488,16 @@ async fn logs(
         }
         None => SystemTime::UNIX_EPOCH,
     };
+    let filter = LogFilter {
+        function: q.function,
+        invocation: q.invocation,
+        grep: q.grep,
+        level: q.level,
+    };
     let limit = q.limit.unwrap_or(MAX_LIST).min(MAX_LIST);
     let first = g
         .control
-        .logs(app.clone(), q.function.clone(), since, q.after, limit)
+        .logs(app.clone(), filter.clone(), since, q.after, limit)
         .await?;
     let mut cursor = q.after;
     let mut out = String::new();
@@ -451,7 +505,7 @@ async fn logs(
         cursor = Some(*c);
         push_line(&mut out, *c, line);
     }
-    if !q.follow.unwrap_or(false) {
+    if !follow {
         return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
@@ -466,7 +520,7 @@ async fn logs(
             }
             let lines = match g
                 .control
-                .logs(app.clone(), q.function.clone(), since, cursor, MAX_LIST)
+                .logs(app.clone(), filter.clone(), since, cursor, MAX_LIST)
                 .await
             {
                 Ok(l) => l,
@@ -616,6 +670,13 @@ mod tests {
             ("/_nubo/api/v1/apps/{app}/dlq", "get"),
             ("/_nubo/api/v1/apps/{app}/dlq", "delete"),
             ("/_nubo/api/v1/apps/{app}/dlq/redrive", "post"),
+            ("/_nubo/api/v1/queues", "get"),
+            ("/_nubo/api/v1/queues/{queue}", "get"),
+            ("/_nubo/api/v1/queues/{queue}", "put"),
+            ("/_nubo/api/v1/queues/{queue}", "delete"),
+            ("/_nubo/api/v1/queues/{queue}/messages", "post"),
+            ("/_nubo/api/v1/queues/{queue}/purge", "post"),
+            ("/_nubo/api/v1/apps/{app}/triggers", "get"),
         ] {
             assert!(
                 paths[path][method].is_object(),
@@ -638,6 +699,12 @@ mod tests {
             "AsyncInvocation",
             "InvocationDetail",
             "DlqChange",
+            "QueueList",
+            "QueueSummary",
+            "QueuePublished",
+            "QueuePurged",
+            "TriggerList",
+            "TriggerInfo",
         ] {
             assert!(schemas[name].is_object(), "schema {name}");
         }

@@ -186,6 +186,7 @@ fn put_options(headers: &HeaderMap) -> Result<PutOptions, ApiError> {
     Ok(PutOptions {
         content_type,
         user_metadata,
+        hop: 0,
     })
 }
 

@@ -24,6 +24,15 @@ pub const PATH_INFO_HEADER: &str = "nubo-path-info";
 /// revision that serves it (and is removed before the function sees the request).
 pub const REVISION_HEADER: &str = "nubo-revision";
 
+/// Removes the headers only Nubo may set (how an invocation entered, its trigger and its hop
+/// count) from a client's request, so no client can pose as a trigger delivery or reset a
+/// chain's hop count.
+pub(crate) fn strip_internal_headers(headers: &mut http::HeaderMap) {
+    for name in crate::events::INTERNAL_HEADERS {
+        headers.remove(name);
+    }
+}
+
 pub(crate) async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     // A pin: the path prefix first, else the header (never passed on to the function).
@@ -341,4 +350,32 @@ fn with_ids(mut resp: Response<Body>, target: &FunctionTarget) -> Response<Body>
     resp.headers_mut()
         .insert(REVISION_HEADER, HeaderValue::from(target.revision));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_only_nubo_sets_are_removed_from_client_requests() {
+        let mut h = http::HeaderMap::new();
+        for name in [
+            "nubo-hop",
+            "Nubo-Trigger",
+            "nubo-trigger-name",
+            "nubo-entry",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        h.append("nubo-hop", HeaderValue::from_static("2"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("nubo-invocation-type", HeaderValue::from_static("event"));
+        strip_internal_headers(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(h.contains_key("content-type") && h.contains_key("nubo-invocation-type"));
+    }
 }

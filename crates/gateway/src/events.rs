@@ -13,6 +13,12 @@
 //! `nubo-invocation-type: event`, `nubo-async-id` (the event's id) and `nubo-async-attempt`
 //! (1-based, within the current round: a redrive starts again at 1; the attempt records keep
 //! counting over the event's life).
+//!
+//! Trigger deliveries (cron ticks, queue batches, object events, MQTT and NATS messages) come
+//! in through [`Gateway::submit_stored`] already shaped, marked by a `nubo-trigger` header.
+//! They succeed only with a 2xx answer, their invocation records carry the trigger's kind, and
+//! a queue batch answered with `batchItemFailures` by a process function is narrowed to the
+//! failed records and tried again. Destinations may be functions or queues (`queue:NAME`).
 
 use crate::rescue::{INVOCATION_ID_HEADER, error_response};
 use crate::server::Gateway;
@@ -20,9 +26,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
-use nubo_control::{AttemptResult, Event, EventState, EventWriter, NewEvent, Next, SubmitError};
+use nubo_control::{
+    Accepted, AttemptResult, Event, EventState, EventWriter, NewEvent, NewMessage, Next,
+    SubmitError,
+};
 use nubo_core::api::v1::{AsyncAccepted, AsyncAttempt, AsyncInvocation, ErrorBody};
-use nubo_core::manifest::RetrySpec;
+use nubo_core::manifest::{QUEUE_DESTINATION, RetrySpec, Runtime};
 use nubo_core::{Body, BoxError, ErrorCode, FunctionTarget, InvocationId, rfc3339};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +53,21 @@ pub const ASYNC_ATTEMPT_HEADER: &str = "nubo-async-attempt";
 /// a process function as the raw payload, like a synchronous `nubo invoke`. Never taken from
 /// clients: the gateway removes it from every request it receives.
 pub(crate) const ENTRY_HEADER: &str = "nubo-entry";
+/// Header on a trigger delivery naming its kind (`cron`, `queue`, `object`, `mqtt`, `nats`).
+/// Only Nubo sets it: the gateway removes it from every request it receives.
+pub const TRIGGER_HEADER: &str = "nubo-trigger";
+/// Header on a trigger delivery naming the trigger. Only Nubo sets it.
+pub const TRIGGER_NAME_HEADER: &str = "nubo-trigger-name";
+/// Header carrying an invocation's place in a chain of trigger deliveries (absent: 0), so a
+/// loop of functions feeding each other stops. Only Nubo sets it.
+pub const HOP_HEADER: &str = "nubo-hop";
+/// Headers only Nubo sets on the requests functions see; removed from every client request.
+pub(crate) const INTERNAL_HEADERS: [&str; 4] = [
+    ENTRY_HEADER,
+    HOP_HEADER,
+    TRIGGER_HEADER,
+    TRIGGER_NAME_HEADER,
+];
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 /// Default bound on async invocations waiting or running, server-wide (`--max-async-queue`).
@@ -368,6 +392,113 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Stores an already shaped async invocation (a trigger delivery) under the same bound as
+    /// client submissions, and wakes the deliverer. Answers once the event is durable.
+    ///
+    /// Errors: [`SubmitError::Busy`] when `--max-async-queue` invocations are waiting (or the
+    /// writer's queue is full), [`SubmitError::Stopped`] when the server takes no async
+    /// invocations or is shutting down, [`SubmitError::Store`] when storing failed.
+    pub async fn submit_stored(&self, event: NewEvent) -> Result<Accepted, SubmitError> {
+        let Some(events) = &self.events else {
+            return Err(SubmitError::Stopped);
+        };
+        if self.is_draining() {
+            return Err(SubmitError::Stopped);
+        }
+        let place = Place::take(events);
+        if place.over {
+            return Err(SubmitError::Busy);
+        }
+        let accepted = events.writer.submit(event).await?;
+        if !accepted.replay {
+            place.keep();
+            events.wake.notify_one();
+        }
+        Ok(accepted)
+    }
+}
+
+/// The invocation record's trigger kind of a stored event: its `nubo-trigger` header, or
+/// `async` for plain async invocations.
+fn trigger_kind(headers: &[(String, Vec<u8>)]) -> Option<&'static str> {
+    let value = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(TRIGGER_HEADER))
+        .map(|(_, v)| v.as_slice())?;
+    Some(match value {
+        b"cron" => "cron",
+        b"queue" => "queue",
+        b"object" => "object",
+        b"mqtt" => "mqtt",
+        b"nats" => "nats",
+        _ => "trigger",
+    })
+}
+
+/// How a process function's answer to a queue batch went, by its `batchItemFailures`.
+#[derive(Debug, PartialEq, Eq)]
+enum BatchAnswer {
+    /// Every record was handled (no list, an empty list, or an answer that is not JSON).
+    Done,
+    /// Some records failed: the batch narrowed to them, and how many failed of how many.
+    Partial {
+        body: Vec<u8>,
+        failed: usize,
+        total: usize,
+    },
+    /// The answer names a record the batch does not hold: the whole batch counts as failed,
+    /// as Lambda does.
+    All { total: usize },
+}
+
+/// Reads `answer` (a process function's result) for `batchItemFailures` against the SQS event
+/// `batch` it was given.
+fn batch_answer(batch: &[u8], answer: &[u8]) -> BatchAnswer {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default, rename = "batchItemFailures")]
+        failures: Vec<Failure>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Failure {
+        #[serde(default, rename = "itemIdentifier")]
+        item: serde_json::Value,
+    }
+    let failures = match serde_json::from_slice::<Answer>(answer) {
+        Ok(a) if !a.failures.is_empty() => a.failures,
+        _ => return BatchAnswer::Done,
+    };
+    let Ok(mut event) = serde_json::from_slice::<serde_json::Value>(batch) else {
+        return BatchAnswer::All { total: 0 };
+    };
+    let Some(records) = event
+        .get_mut("Records")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return BatchAnswer::All { total: 0 };
+    };
+    let total = records.len();
+    let mut failed = std::collections::HashSet::new();
+    for f in &failures {
+        let id = f.item.as_str().unwrap_or_default();
+        if !records.iter().any(|r| r["messageId"].as_str() == Some(id)) {
+            return BatchAnswer::All { total };
+        }
+        failed.insert(id.to_string());
+    }
+    records.retain(|r| {
+        r["messageId"]
+            .as_str()
+            .is_some_and(|id| failed.contains(id))
+    });
+    BatchAnswer::Partial {
+        failed: records.len(),
+        total,
+        body: serde_json::to_vec(&event).unwrap_or_default(),
+    }
+}
+
 /// A place in the bound on pending async invocations, given back on drop unless kept.
 struct Place<'a> {
     events: &'a Events,
@@ -559,6 +690,7 @@ async fn attempt(g: &Arc<Gateway>, e: Event) {
         invocation_id,
         error,
         body,
+        narrowed,
     } = match run(g, &e, number).await {
         Ok(r) => r,
         Err(why) => Ran {
@@ -567,6 +699,7 @@ async fn attempt(g: &Arc<Gateway>, e: Event) {
             invocation_id: String::new(),
             error: Some(why),
             body: Vec::new(),
+            narrowed: None,
         },
     };
     let store = g.control.store().clone();
@@ -587,8 +720,23 @@ async fn attempt(g: &Arc<Gateway>, e: Event) {
         }
     }
     let ok = error.is_none() && status.is_some_and(|s| s < 500);
+    let partial = narrowed.is_some();
+    if let Some(narrowed) = narrowed {
+        // The retry (and in the end the dead-letter queue) holds only the failed records.
+        let store = store.clone();
+        let id = id.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || store.set_event_body(&id, &narrowed))
+            .await
+            .map_err(|x| x.to_string())
+            .and_then(|r| r.map_err(|x| x.to_string()))
+        {
+            tracing::error!(event = %e.id, error = %err, "cannot narrow a queue batch to its failed messages; the whole batch is tried again");
+        }
+    }
     let outcome = if ok {
         "ok".to_string()
+    } else if partial {
+        "partial_batch_failure".to_string()
     } else {
         error
             .as_deref()
@@ -661,7 +809,8 @@ fn payload_json(bytes: &[u8]) -> serde_json::Value {
 }
 
 /// Queues the record of finished event `ev` for its function's `on_success` or `on_failure`
-/// destination, if it has one (and `e` is not itself a destination delivery).
+/// destination, if it has one (and `e` is not itself a destination delivery): an async
+/// invocation of the destination function, or a message published to the destination queue.
 async fn send_to_destination(
     g: &Arc<Gateway>,
     e: &Event,
@@ -673,7 +822,6 @@ async fn send_to_destination(
     if e.headers.iter().any(|(k, _)| k == DESTINATION_OF_HEADER) {
         return;
     }
-    let Some(events) = &g.events else { return };
     let success = ev.state == EventState::Succeeded;
     let (dest, retry) = {
         let Some(app) = g.control.app(&e.app) else {
@@ -727,6 +875,25 @@ async fn send_to_destination(
         },
         "responsePayload": response,
     });
+    let body = serde_json::to_vec(&record).unwrap_or_default();
+    if let Some(queue) = dest.strip_prefix(QUEUE_DESTINATION) {
+        let queues = g.control.store().queues();
+        let name = queue.to_string();
+        let message = NewMessage {
+            body,
+            content_type: Some("application/json".into()),
+            hop: 0,
+        };
+        let published = tokio::task::spawn_blocking(move || queues.publish(&name, vec![message]))
+            .await
+            .map_err(|x| x.to_string())
+            .and_then(|r| r.map_err(|x| x.to_string()));
+        if let Err(err) = published {
+            tracing::error!(event = %ev.id, destination = %dest, error = %err, "cannot publish the record to the destination queue");
+        }
+        return;
+    }
+    let Some(events) = &g.events else { return };
     let event = NewEvent {
         id: InvocationId::new().to_string(),
         app: e.app.clone(),
@@ -737,7 +904,7 @@ async fn send_to_destination(
             ("content-type".into(), b"application/json".to_vec()),
             (DESTINATION_OF_HEADER.into(), ev.id.clone().into_bytes()),
         ],
-        body: serde_json::to_vec(&record).unwrap_or_default(),
+        body,
         max_attempts: retry.max_attempts,
         max_age: Duration::from_millis(retry.max_age_ms),
         idempotency_key: None,
@@ -784,6 +951,8 @@ struct Ran {
     error: Option<String>,
     /// The first [`MAX_KEPT_BODY`] bytes of the response body.
     body: Vec<u8>,
+    /// A queue batch some of whose messages failed: the batch narrowed to them.
+    narrowed: Option<Vec<u8>>,
 }
 
 /// Runs the event once.
@@ -809,13 +978,12 @@ async fn run(g: &Arc<Gateway>, e: &Event, attempt: u32) -> Result<Ran, String> {
             revision.revision, e.app, e.function
         )
     })?;
-    let max_body = revision
-        .manifest
-        .functions
-        .get(&e.function)
-        .map_or(nubo_core::limits::DEFAULT_MAX_REQUEST_BODY, |f| {
-            f.max_request_body
-        });
+    let spec = revision.manifest.functions.get(&e.function);
+    let max_body = spec.map_or(nubo_core::limits::DEFAULT_MAX_REQUEST_BODY, |f| {
+        f.max_request_body
+    });
+    let process = spec.is_some_and(|f| f.runtime == Runtime::Process);
+    let trigger = trigger_kind(&e.headers);
     let mut req = http::Request::builder()
         .method(e.method.as_str())
         .uri(e.path.as_str());
@@ -836,7 +1004,9 @@ async fn run(g: &Arc<Gateway>, e: &Event, attempt: u32) -> Result<Ran, String> {
         .map_err(|x| format!("the stored request is invalid: {x}"))?;
     let (parts, ()) = req.into_parts();
     let body = http_body_util::Full::new(Bytes::from(e.body.clone()));
-    let resp = g.invoke(&target, max_body, parts, body, "async").await;
+    let resp = g
+        .invoke(&target, max_body, parts, body, trigger.unwrap_or("async"))
+        .await;
     let status = resp.status().as_u16();
     let invocation_id = resp
         .headers()
@@ -863,15 +1033,36 @@ async fn run(g: &Arc<Gateway>, e: &Event, attempt: u32) -> Result<Ran, String> {
             }
         }
     }
+    // Trigger deliveries need a 2xx; plain async invocations fail only with 5xx and 429.
+    let failed_status =
+        status >= 500 || status == 429 || (trigger.is_some() && !(200..300).contains(&status));
+    let mut narrowed = None;
     let error = if let Some(f) = failed {
         Some(f)
-    } else if status >= 500 || status == 429 {
+    } else if failed_status {
         let text = String::from_utf8_lossy(&kept).into_owned();
         Some(if text.is_empty() {
             format!("the function answered {status}")
         } else {
             text
         })
+    } else if trigger == Some("queue") && process {
+        match batch_answer(&e.body, &kept) {
+            BatchAnswer::Done => None,
+            BatchAnswer::Partial {
+                body,
+                failed,
+                total,
+            } => {
+                narrowed = Some(body);
+                Some(format!(
+                    "{failed} of {total} messages of the batch failed (batchItemFailures); those are tried again"
+                ))
+            }
+            BatchAnswer::All { total } => Some(format!(
+                "batchItemFailures names a message that is not in the batch, so all {total} messages are tried again; answer with the messageId of each failed record"
+            )),
+        }
     } else {
         None
     };
@@ -881,6 +1072,7 @@ async fn run(g: &Arc<Gateway>, e: &Event, attempt: u32) -> Result<Ran, String> {
         invocation_id,
         error,
         body: kept,
+        narrowed,
     })
 }
 
@@ -920,6 +1112,89 @@ mod tests {
             HeaderValue::from_static("RequestResponse"),
         );
         assert!(!is_async(&h));
+    }
+
+    fn sqs_batch(ids: &[&str]) -> Vec<u8> {
+        let records: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|id| serde_json::json!({ "messageId": id, "body": format!("body of {id}") }))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "Records": records })).unwrap()
+    }
+
+    #[test]
+    fn a_batch_answer_narrows_the_batch_to_the_failed_messages() {
+        let batch = sqs_batch(&["m1", "m2", "m3"]);
+        let answer = br#"{"batchItemFailures":[{"itemIdentifier":"m3"},{"itemIdentifier":"m1"}]}"#;
+        let BatchAnswer::Partial {
+            body,
+            failed,
+            total,
+        } = batch_answer(&batch, answer)
+        else {
+            panic!("expected a partial failure");
+        };
+        assert_eq!((failed, total), (2, 3));
+        let narrowed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let ids: Vec<&str> = narrowed["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["messageId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["m1", "m3"], "kept in batch order");
+        assert_eq!(narrowed["Records"][0]["body"], "body of m1");
+    }
+
+    #[test]
+    fn a_batch_answer_without_failures_is_a_success() {
+        let batch = sqs_batch(&["m1"]);
+        for answer in [
+            &b""[..],
+            b"null",
+            b"not json",
+            br#"{"batchItemFailures":[]}"#,
+            br#"{"statusCode":200}"#,
+        ] {
+            assert_eq!(
+                batch_answer(&batch, answer),
+                BatchAnswer::Done,
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+
+    #[test]
+    fn a_failure_naming_an_unknown_message_fails_the_whole_batch() {
+        let batch = sqs_batch(&["m1", "m2"]);
+        for answer in [
+            &br#"{"batchItemFailures":[{"itemIdentifier":"m9"}]}"#[..],
+            br#"{"batchItemFailures":[{"itemIdentifier":""}]}"#,
+            br#"{"batchItemFailures":[{}]}"#,
+        ] {
+            assert_eq!(
+                batch_answer(&batch, answer),
+                BatchAnswer::All { total: 2 },
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+
+    #[test]
+    fn the_trigger_header_names_the_record_kind() {
+        let h = |v: &str| vec![(TRIGGER_HEADER.to_string(), v.as_bytes().to_vec())];
+        assert_eq!(trigger_kind(&h("cron")), Some("cron"));
+        assert_eq!(trigger_kind(&h("queue")), Some("queue"));
+        assert_eq!(trigger_kind(&h("object")), Some("object"));
+        assert_eq!(trigger_kind(&h("mqtt")), Some("mqtt"));
+        assert_eq!(trigger_kind(&h("nats")), Some("nats"));
+        assert_eq!(trigger_kind(&h("other")), Some("trigger"));
+        assert_eq!(
+            trigger_kind(&[("content-type".into(), b"text/plain".to_vec())]),
+            None
+        );
     }
 
     #[test]

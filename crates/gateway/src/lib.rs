@@ -15,19 +15,23 @@ mod admin;
 mod admin_async;
 mod admin_kv;
 mod admin_objects;
+mod admin_queues;
 mod admin_secrets;
+mod admin_triggers;
 mod affinity;
 mod body;
 mod data;
 mod events;
+pub mod prometheus;
 mod rescue;
 pub mod s3;
 mod server;
 
+pub use admin_triggers::TriggerStatuses;
 pub use affinity::{AFFINITY_COOKIE, REV_PREFIX};
 pub use events::{
-    ASYNC_ATTEMPT_HEADER, ASYNC_ID_HEADER, DEFAULT_MAX_PENDING, IDEMPOTENCY_KEY_HEADER,
-    INVOCATION_TYPE_HEADER,
+    ASYNC_ATTEMPT_HEADER, ASYNC_ID_HEADER, DEDUP_WINDOW, DEFAULT_MAX_PENDING, HOP_HEADER,
+    IDEMPOTENCY_KEY_HEADER, INVOCATION_TYPE_HEADER, TRIGGER_HEADER, TRIGGER_NAME_HEADER,
 };
 pub use rescue::error_response;
 pub use server::{AdminAuth, Gateway, GatewayConfig, ServeError};

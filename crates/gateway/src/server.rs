@@ -75,6 +75,10 @@ pub struct Gateway {
     pub(crate) draining: AtomicBool,
     /// Async invocations (absent when the server takes none).
     pub(crate) events: Option<Events>,
+    /// Reads the apps' trigger status (set once by the server, after the triggers start).
+    pub(crate) triggers: std::sync::OnceLock<Arc<dyn crate::TriggerStatuses>>,
+    /// The registry `/_nubo/metrics` renders (set once by the server).
+    pub(crate) metrics: std::sync::OnceLock<Arc<nubo_telemetry::Metrics>>,
     admin: axum::Router,
 }
 
@@ -105,8 +109,26 @@ impl Gateway {
             config,
             draining: AtomicBool::new(false),
             events: events.map(|(w, pending)| Events::new(w, pending, max_pending)),
+            triggers: std::sync::OnceLock::new(),
+            metrics: std::sync::OnceLock::new(),
             admin: admin::router(weak.clone()),
         })
+    }
+
+    /// Lets `GET /_nubo/api/v1/apps/{app}/triggers` read the triggers' status through
+    /// `statuses`. Only the first call counts; until then the endpoint lists no triggers.
+    pub fn set_trigger_statuses(&self, statuses: Arc<dyn crate::TriggerStatuses>) {
+        if self.triggers.set(statuses).is_err() {
+            tracing::warn!("the trigger status reader was set twice; keeping the first");
+        }
+    }
+
+    /// Makes `/_nubo/metrics` render `metrics`. Only the first call counts; until then the
+    /// endpoint answers 404.
+    pub fn set_metrics(&self, metrics: Arc<nubo_telemetry::Metrics>) {
+        if self.metrics.set(metrics).is_err() {
+            tracing::warn!("the metrics registry was set twice; keeping the first");
+        }
     }
 
     /// Starts delivering async invocations (a task that ends when the gateway is dropped or
@@ -175,8 +197,8 @@ impl Gateway {
         mut req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Response<Body> {
-        // Only the gateway itself marks how an invocation entered.
-        req.headers_mut().remove(crate::events::ENTRY_HEADER);
+        // Only Nubo marks how an invocation entered and where it stands in a trigger chain.
+        crate::data::strip_internal_headers(req.headers_mut());
         let path = req.uri().path();
         if path == "/_nubo" || path.starts_with("/_nubo/") {
             return self.admin(req, remote).await;

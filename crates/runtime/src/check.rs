@@ -35,10 +35,15 @@ const OBJECTS_PACKAGE: &str = "nubo:objects/";
 /// See [`OBJECTS_PACKAGE`].
 const OBJECTS_VERSION: &str = "0.1.0";
 
+/// Nubo's queue package (WIT in `wit/nubo-queues/`) and the one version provided.
+const QUEUES_PACKAGE: &str = "nubo:queues/";
+/// See [`QUEUES_PACKAGE`].
+const QUEUES_VERSION: &str = "0.1.0";
+
 /// Builds the linker every function is checked and instantiated against: all of WASI 0.2 plus
-/// wasi:http, `wasi:keyvalue` (0.2.0-draft and 0.2.0-draft2) and `nubo:objects@0.1.0`, so
-/// components from real toolchains link; policy in [`Host`] decides what they may actually do
-/// (which stores and buckets they may open).
+/// wasi:http, `wasi:keyvalue` (0.2.0-draft and 0.2.0-draft2), `nubo:objects@0.1.0` and
+/// `nubo:queues@0.1.0`, so components from real toolchains link; policy in [`Host`] decides
+/// what they may actually do (which stores, buckets and queues they may reach).
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -47,6 +52,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>
     crate::keyvalue::draft2::add_to_linker(&mut linker, Host::keyvalue)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, Host::config)?;
     crate::objects_host::add_to_linker(&mut linker, Host::objects)?;
+    crate::queues_host::add_to_linker(&mut linker, Host::queues)?;
     Ok(linker)
 }
 
@@ -189,6 +195,13 @@ fn import_message(error: &wasmtime::Error) -> String {
             "imports \"{name}\", which Nubo does not provide (Nubo implements \
              nubo:objects@{OBJECTS_VERSION}: build the function against the WIT in Nubo's \
              wit/nubo-objects/)"
+        );
+    }
+    if name.starts_with(QUEUES_PACKAGE) && !name.ends_with(&format!("@{QUEUES_VERSION}")) {
+        return format!(
+            "imports \"{name}\", which Nubo does not provide (Nubo implements \
+             nubo:queues@{QUEUES_VERSION}: build the function against the WIT in Nubo's \
+             wit/nubo-queues/)"
         );
     }
     let causes: Vec<String> = error.chain().skip(1).map(|e| e.to_string()).collect();

@@ -96,6 +96,10 @@ pub struct RuntimeConfig {
     /// process functions alike; `None`: every bucket access is refused with a message saying
     /// the server has none.
     pub objects: Option<nubo_store::objects::Objects>,
+    /// The durable queues functions publish to (`queues = [...]`), for wasm and process
+    /// functions alike; `None`: every publish is refused with a message saying the server has
+    /// none.
+    pub queues: Option<nubo_store::Queues>,
     /// The apps' secrets, delivered to the functions whose `env` names them (wasm: at each
     /// invocation; process: at each worker's spawn); `None`: such variables stay unset.
     pub secrets: Option<nubo_store::secrets::Secrets>,
@@ -115,6 +119,7 @@ impl Default for RuntimeConfig {
             region: DEFAULT_REGION.to_owned(),
             kv: None,
             objects: None,
+            queues: None,
             secrets: None,
         }
     }

@@ -1,10 +1,12 @@
 //! The per-request host state a guest runs against: WASI and wasi:http contexts built from
 //! policy (no files, no sockets, outbound HTTP only to the function's `allowed_hosts`), the
-//! function's key-value and bucket bindings, the memory limiter and the log capture.
+//! function's key-value, bucket and queue bindings, the invocation's trigger hop count, the
+//! memory limiter and the log capture.
 
 use crate::keyvalue::{KvBindings, KvCtx, KvView};
 use crate::objects_host::{ObjBindings, ObjCtx};
 use crate::outbound::{Egress, OutboundCtx, SendRequestFuture};
+use crate::queues_host::{QueueBindings, QueueCtx};
 use bytes::Bytes;
 use nubo_telemetry::{Invocation, Stream};
 use std::pin::Pin;
@@ -27,6 +29,34 @@ const MAX_RESOURCES_PER_INSTANCE: usize = 50_000;
 /// own caps; this only keeps a single call from copying an unbounded slice.
 const LOG_WRITE_BUDGET: usize = 64 * 1024;
 
+/// The request header carrying an invocation's trigger hop count: how many trigger deliveries
+/// led to it. Only Nubo sets it (the gateway strips it from clients' requests).
+pub(crate) const HOP_HEADER: &str = "nubo-hop";
+
+/// The trigger hop count of an invocation started by a request with `headers`: its
+/// [`HOP_HEADER`] as a decimal number, 0 when absent or not a number (an invocation no trigger
+/// started).
+pub(crate) fn hop_of(headers: &http::HeaderMap) -> u32 {
+    headers
+        .get(HOP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+}
+
+/// The bindings a loaded function's invocations reach, shared by them all.
+#[derive(Clone, Default)]
+pub(crate) struct Bindings {
+    /// The key-value stores it binds; `None` when it binds none.
+    pub(crate) kv: Option<Arc<KvBindings>>,
+    /// The buckets it binds; `None` when it binds none.
+    pub(crate) objects: Option<Arc<ObjBindings>>,
+    /// The queues it may publish to; `None` when it binds none.
+    pub(crate) queues: Option<Arc<QueueBindings>>,
+    /// Its outbound HTTP client and `allowed_hosts`; `None` when it may reach no host.
+    pub(crate) egress: Option<Arc<Egress>>,
+}
+
 /// The `T` of every `Store<T>`: one per request, dropped with the instance.
 pub(crate) struct Host {
     pub(crate) wasi: WasiCtx,
@@ -36,6 +66,8 @@ pub(crate) struct Host {
     pub(crate) kv: KvCtx,
     /// The buckets the function binds (`nubo:objects`).
     pub(crate) objects: ObjCtx,
+    /// The queues the function publishes to (`nubo:queues`).
+    pub(crate) queues: QueueCtx,
     pub(crate) hooks: Hooks,
     pub(crate) limiter: MemoryLimiter,
     /// Epoch ticks the guest may still run before it is interrupted.
@@ -45,23 +77,19 @@ pub(crate) struct Host {
 }
 
 impl Host {
-    /// Host state for one invocation of a function with `env`, `memory_limit` bytes of linear
-    /// memory and `ticks` epoch ticks of time (`timeout` of wall time), reaching the key-value
-    /// stores of `kv`, the buckets of `objects` and the hosts `egress` allows. Output goes to
+    /// Host state for one invocation at trigger hop `hop` of a function with `env`,
+    /// `memory_limit` bytes of linear memory and `ticks` epoch ticks of time (`timeout` of wall
+    /// time), reaching what `bindings` binds: key-value stores, buckets, queues and the hosts
+    /// its egress allows. Its object writes and queue publishes carry `hop`. Output goes to
     /// `invocation`'s logs.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one call site, each a distinct binding"
-    )]
     pub(crate) fn new(
         invocation: Option<&Invocation>,
         env: &[(String, String)],
         memory_limit: u64,
         ticks: u64,
         timeout: Duration,
-        kv: Option<Arc<KvBindings>>,
-        objects: Option<Arc<ObjBindings>>,
-        egress: Option<Arc<Egress>>,
+        bindings: &Bindings,
+        hop: u32,
     ) -> Host {
         let mut wasi = WasiCtx::builder();
         wasi.envs(env)
@@ -84,10 +112,11 @@ impl Host {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table,
-            kv: KvCtx::new(kv, invocation),
-            objects: ObjCtx::new(objects, invocation),
+            kv: KvCtx::new(bindings.kv.clone(), invocation),
+            objects: ObjCtx::new(bindings.objects.clone(), hop, invocation),
+            queues: QueueCtx::new(bindings.queues.clone(), hop, invocation),
             hooks: Hooks {
-                outbound: OutboundCtx::new(egress, invocation, timeout),
+                outbound: OutboundCtx::new(bindings.egress.clone(), invocation, timeout),
             },
             limiter: MemoryLimiter::new(memory_limit),
             ticks_left: ticks,
@@ -119,6 +148,11 @@ impl Host {
     /// The `nubo:objects` view of this state.
     pub(crate) fn objects(&mut self) -> &mut ObjCtx {
         &mut self.objects
+    }
+
+    /// The `nubo:queues` view of this state.
+    pub(crate) fn queues(&mut self) -> &mut QueueCtx {
+        &mut self.queues
     }
 }
 
@@ -267,5 +301,33 @@ impl tokio::io::AsyncWrite for LogOutput {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(v) = value {
+            h.insert(HOP_HEADER, http::HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_hop_header_is_a_decimal_count_else_zero() {
+        assert_eq!(hop_of(&headers(None)), 0);
+        assert_eq!(hop_of(&headers(Some("0"))), 0);
+        assert_eq!(hop_of(&headers(Some("1"))), 1);
+        assert_eq!(hop_of(&headers(Some(" 16 "))), 16);
+        assert_eq!(hop_of(&headers(Some("4294967295"))), u32::MAX);
+        for bad in ["", "-1", "two", "1.5", "4294967296", "0x10"] {
+            assert_eq!(hop_of(&headers(Some(bad))), 0, "{bad:?}");
+        }
+        let mut upper = http::HeaderMap::new();
+        upper.insert("Nubo-Hop", http::HeaderValue::from_static("7"));
+        assert_eq!(hop_of(&upper), 7);
     }
 }

@@ -89,9 +89,8 @@ async fn invoke(
         loaded.memory_limit,
         loaded.ticks,
         loaded.timeout,
-        loaded.kv.clone(),
-        loaded.objects.clone(),
-        loaded.egress.clone(),
+        &loaded.bindings,
+        crate::host::hop_of(request.headers()),
     );
     host.config = config;
     let mut store = Store::new(loaded.pre.engine(), host);

@@ -9,12 +9,14 @@
 //! - Functions reach no files or sockets, and outbound HTTP only to their `allowed_hosts` (with
 //!   SSRF checks on every resolved address); they link against all of WASI 0.2 and policy
 //!   refuses each other use. Through `wasi:keyvalue` they reach only the stores they bind,
-//!   through `nubo:objects` (and process functions through `/nubo/v1/obj`) only the buckets.
+//!   through `nubo:objects` (and process functions through `/nubo/v1/obj`) only the buckets,
+//!   through `nubo:queues` (and `/nubo/v1/queues`) only the queues they publish to.
 //! - The request path takes no lock (functions are published with `ArcSwap`) and never
 //!   compiles; admission (`limits`) is atomics unless the request has to wait.
 //! - An invocation holds its concurrency slot until its instance ended and its response body
 //!   was sent or dropped.
 
+mod bound;
 mod check;
 mod config;
 mod host;
@@ -24,6 +26,7 @@ mod limits;
 mod objects_host;
 mod outbound;
 mod process;
+mod queues_host;
 mod runtime;
 pub mod sandbox;
 mod secrets;

@@ -3,17 +3,17 @@
 //! the manifest), backed by `nubo_store::objects::Objects`.
 //!
 //! Every call names its bucket; one the function does not bind is refused with `not-bound` and
-//! a line in the invocation's log naming the manifest fix. Object data crosses the boundary as
+//! a line in the invocation's log naming the manifest fix. Writes and deletes carry the
+//! invocation's trigger hop count, so the object events they cause run one hop further. Object data crosses the boundary as
 //! `list<u8>`, so each call moves at most [`MAX_CALL_BYTES`]; larger objects are read by range.
 //! The store calls block on SQLite and files, so each runs on tokio's blocking pool while the
 //! guest waits.
 
+use crate::bound::{Bound, BoundCtx, Kind, Refused};
 use nubo_core::ErrorCode;
 use nubo_core::limits::MAX_LIST_OBJECTS;
 use nubo_store::objects::{ObjectError, ObjectMeta, Objects, PutOptions};
-use nubo_telemetry::{Invocation, Stream};
 use std::io::Read;
-use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
 mod bindings {
@@ -32,66 +32,24 @@ use bindings::nubo::objects::objects;
 pub(crate) const MAX_CALL_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What a loaded function may reach: the server's object storage and the buckets it binds.
-pub(crate) struct ObjBindings {
-    objects: Option<Objects>,
-    buckets: Box<[String]>,
-}
+pub(crate) type ObjBindings = Bound<Objects>;
 
-impl ObjBindings {
-    /// The bindings of a function that names `buckets` in its manifest, against `objects`
-    /// (`None` when the server has no object storage).
-    pub(crate) fn new(objects: Option<Objects>, buckets: &[String]) -> ObjBindings {
-        ObjBindings {
-            objects,
-            buckets: buckets.into(),
-        }
-    }
-}
+/// Per-invocation object storage state: the bindings, the trigger hop count, the log.
+pub(crate) type ObjCtx = BoundCtx<Objects>;
 
-/// Per-invocation object storage state: the function's bindings and where refusals are logged.
-pub(crate) struct ObjCtx {
-    bindings: Option<Arc<ObjBindings>>,
-    invocation: Option<Invocation>,
-}
+/// How buckets are named in refusals.
+const BUCKETS: Kind = Kind {
+    what: "bucket",
+    key: "buckets",
+    missing: "this server has no object storage: start it with a data directory",
+};
 
-impl ObjCtx {
-    /// State for one invocation; `bindings` is `None` for a function that binds no bucket.
-    pub(crate) fn new(
-        bindings: Option<Arc<ObjBindings>>,
-        invocation: Option<&Invocation>,
-    ) -> ObjCtx {
-        ObjCtx {
-            bindings,
-            invocation: invocation.cloned(),
-        }
-    }
-
-    fn log(&self, line: &str) {
-        if let Some(invocation) = &self.invocation {
-            invocation.write_log(Stream::Stderr, line.as_bytes());
-        }
-    }
-
-    /// The object storage, when the function binds `bucket`; a refusal is logged with the fix.
-    fn reach(&self, bucket: &str) -> Result<Objects, objects::Error> {
-        let bound = self
-            .bindings
-            .as_ref()
-            .filter(|b| b.buckets.iter().any(|name| name == bucket));
-        let Some(bindings) = bound else {
-            let fix = format!(
-                "bucket \"{bucket}\" is not bound to this function: add it to the function in \
-                 nubo.toml (buckets = [\"{bucket}\"]) and redeploy"
-            );
-            self.log(&format!("[nubo] {fix}\n"));
-            return Err(objects::Error::NotBound(fix));
-        };
-        bindings.objects.clone().ok_or_else(|| {
-            objects::Error::Other(
-                "this server has no object storage: start it with a data directory".to_owned(),
-            )
-        })
-    }
+/// The object storage, when the function binds `bucket`; a refusal is logged with the fix.
+fn reach(ctx: &ObjCtx, bucket: &str) -> Result<Objects, objects::Error> {
+    ctx.reach(&BUCKETS, bucket).map_err(|r| match r {
+        Refused::NotBound(m) => objects::Error::NotBound(m),
+        Refused::NoService(m) => objects::Error::Other(m),
+    })
 }
 
 struct HasObjects;
@@ -203,7 +161,7 @@ impl objects::Host for ObjCtx {
         key: String,
         range: Option<(u64, u64)>,
     ) -> ObjResult<Option<Vec<u8>>> {
-        let store = match self.reach(&bucket) {
+        let store = match reach(self, &bucket) {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
@@ -217,7 +175,7 @@ impl objects::Host for ObjCtx {
         data: Vec<u8>,
         content_type: Option<String>,
     ) -> ObjResult<objects::ObjectInfo> {
-        let store = match self.reach(&bucket) {
+        let store = match reach(self, &bucket) {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
@@ -228,9 +186,11 @@ impl objects::Host for ObjCtx {
                 data.len()
             ))));
         }
+        let hop = self.hop;
         blocking(move || {
             let opts = PutOptions {
                 content_type,
+                hop,
                 ..PutOptions::default()
             };
             store
@@ -246,7 +206,7 @@ impl objects::Host for ObjCtx {
         bucket: String,
         key: String,
     ) -> ObjResult<Option<objects::ObjectInfo>> {
-        let store = match self.reach(&bucket) {
+        let store = match reach(self, &bucket) {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
@@ -260,11 +220,12 @@ impl objects::Host for ObjCtx {
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> ObjResult<bool> {
-        let store = match self.reach(&bucket) {
+        let store = match reach(self, &bucket) {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
-        blocking(move || store.delete(&bucket, &key).map_err(wit_error)).await
+        let hop = self.hop;
+        blocking(move || store.delete_at_hop(&bucket, &key, hop).map_err(wit_error)).await
     }
 
     async fn list(
@@ -274,7 +235,7 @@ impl objects::Host for ObjCtx {
         after: Option<String>,
         limit: u32,
     ) -> ObjResult<objects::Page> {
-        let store = match self.reach(&bucket) {
+        let store = match reach(self, &bucket) {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
@@ -304,6 +265,7 @@ impl objects::Host for ObjCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn ctx(dir: &std::path::Path, buckets: &[&str]) -> ObjCtx {
         let store = nubo_store::Store::open(dir).unwrap();
@@ -313,6 +275,7 @@ mod tests {
         let bound: Vec<String> = buckets.iter().map(|b| (*b).to_owned()).collect();
         ObjCtx::new(
             Some(Arc::new(ObjBindings::new(Some(objects), &bound))),
+            0,
             None,
         )
     }
@@ -378,6 +341,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn writes_and_deletes_carry_the_invocations_hop() {
+        use objects::Host as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = nubo_store::Store::open(dir.path()).unwrap();
+        let objects = store.objects();
+        objects.create_bucket("photos").unwrap();
+        objects.watch_buckets(std::collections::BTreeSet::from(["photos".to_owned()]));
+        let mut c = ObjCtx::new(
+            Some(Arc::new(ObjBindings::new(
+                Some(objects.clone()),
+                &["photos".to_owned()],
+            ))),
+            5,
+            None,
+        );
+        ok(c.put("photos".into(), "k".into(), b"v".to_vec(), None)
+            .await);
+        assert!(ok(c.delete("photos".into(), "k".into()).await));
+        let events = objects.object_events(10).unwrap();
+        let hops: Vec<u32> = events.iter().map(|e| e.hop).collect();
+        assert_eq!(hops, [5, 5]);
+    }
+
+    #[tokio::test]
     async fn unbound_buckets_are_refused_with_the_fix() {
         use objects::Host as _;
         let dir = tempfile::tempdir().unwrap();
@@ -388,7 +375,7 @@ mod tests {
             }
             other => panic!("expected not-bound, got {other:?}"),
         }
-        let mut none = ObjCtx::new(None, None);
+        let mut none = ObjCtx::new(None, 0, None);
         assert!(matches!(
             none.list("photos".into(), None, None, 0).await.unwrap(),
             Err(objects::Error::NotBound(_))

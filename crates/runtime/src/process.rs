@@ -4,8 +4,9 @@
 //! `code` checks and unpacks their zip archives; `event` shapes API Gateway events and turns
 //! results into HTTP responses; `api` is the Runtime API each worker talks to; `pool` starts,
 //! lends, reaps and stops workers; `invoke` runs one invocation; `kv` is the key-value HTTP
-//! API and `objects` the object storage HTTP API, both served beside the Runtime API; `egress`
-//! is the HTTP proxy through which workers of functions with `allowed_hosts` reach the network.
+//! API, `objects` the object storage HTTP API and `queues` the queue publish API, all served
+//! beside the Runtime API; `egress` is the HTTP proxy through which workers of functions with
+//! `allowed_hosts` reach the network.
 
 mod api;
 pub(crate) mod code;
@@ -16,6 +17,7 @@ mod invoke;
 mod kv;
 mod objects;
 mod pool;
+mod queues;
 
 use crate::limits::FunctionLimit;
 use crate::sandbox::SandboxPolicy;
@@ -58,12 +60,20 @@ pub(crate) struct Functions {
     objects: Option<nubo_store::objects::Objects>,
     /// The apps' secrets, put in the environment of workers whose function names them.
     secrets: Option<nubo_store::secrets::Secrets>,
+    /// The server's queues, published to by workers of functions that bind them.
+    queues: Option<nubo_store::Queues>,
 }
 
 impl Functions {
     /// Workers get the secrets their function's `env` names from `secrets`.
     pub(crate) fn with_secrets(mut self, secrets: Option<nubo_store::secrets::Secrets>) -> Self {
         self.secrets = secrets;
+        self
+    }
+
+    /// Workers publish to the queues of `queues` their function binds.
+    pub(crate) fn with_queues(mut self, queues: Option<nubo_store::Queues>) -> Self {
+        self.queues = queues;
         self
     }
 
@@ -85,6 +95,7 @@ impl Functions {
             kv,
             objects,
             secrets: None,
+            queues: None,
         }
     }
 
@@ -191,6 +202,11 @@ impl Functions {
                 self.objects.clone(),
                 &target.function,
                 spec.buckets.clone(),
+            )),
+            queues: Arc::new(queues::QueueScope::new(
+                self.queues.clone(),
+                &target.function,
+                spec.queues.clone(),
             )),
             secrets: crate::secrets::SecretEnv::new(
                 self.secrets.as_ref(),

@@ -3,10 +3,11 @@
 
 use crate::check::{self, code_error};
 use crate::config::{self, RuntimeConfig};
-use crate::host::Host;
+use crate::host::{Bindings, Host};
 use crate::keyvalue::KvBindings;
 use crate::limits::{FunctionLimit, Limiter};
 use crate::objects_host::ObjBindings;
+use crate::queues_host::QueueBindings;
 use crate::worker;
 use arc_swap::ArcSwap;
 use nubo_core::egress::Allowlist;
@@ -55,17 +56,13 @@ pub(crate) struct Loaded {
     pub(crate) warm: AtomicBool,
     /// The function's concurrency limit, shared by all its loaded revisions.
     pub(crate) limit: Arc<FunctionLimit>,
-    /// The key-value stores it binds; `None` when it binds none.
-    pub(crate) kv: Option<Arc<KvBindings>>,
+    /// The key-value stores, buckets, queues and hosts it may reach.
+    pub(crate) bindings: Bindings,
     /// `wasi:config/store`'s variables: `env` (a function with secrets gets its own per
     /// invocation).
     pub(crate) config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     /// The secrets its `env` names; `None` when it names none.
     pub(crate) secret_env: Option<Arc<crate::secrets::SecretEnv>>,
-    /// The buckets it binds; `None` when it binds none.
-    pub(crate) objects: Option<Arc<ObjBindings>>,
-    /// Its outbound HTTP client and `allowed_hosts`; `None` when it may reach no host.
-    pub(crate) egress: Option<Arc<crate::outbound::Egress>>,
     /// The cached artifact the code came from, if it came from the cache.
     artifact: Option<PathBuf>,
 }
@@ -142,7 +139,8 @@ impl WasmRuntime {
                 config.kv.clone(),
                 config.objects.clone(),
             )
-            .with_secrets(config.secrets.clone()),
+            .with_secrets(config.secrets.clone())
+            .with_queues(config.queues.clone()),
             limits: Limiter::new(config.max_concurrency),
             artifact_key,
             config,
@@ -201,8 +199,17 @@ impl WasmRuntime {
             ticks: ticks_for(timeout, self.config.epoch_tick),
             warm: AtomicBool::new(false),
             limit,
-            kv: (!spec.kv.is_empty())
-                .then(|| Arc::new(KvBindings::new(self.config.kv.clone(), &spec.kv))),
+            bindings: Bindings {
+                kv: (!spec.kv.is_empty())
+                    .then(|| Arc::new(KvBindings::new(self.config.kv.clone(), &spec.kv))),
+                objects: (!spec.buckets.is_empty()).then(|| {
+                    Arc::new(ObjBindings::new(self.config.objects.clone(), &spec.buckets))
+                }),
+                queues: (!spec.queues.is_empty()).then(|| {
+                    Arc::new(QueueBindings::new(self.config.queues.clone(), &spec.queues))
+                }),
+                egress: crate::outbound::Egress::new(allowlist),
+            },
             config: Arc::new(
                 spec.env
                     .iter()
@@ -214,9 +221,6 @@ impl WasmRuntime {
                 &function.target.app,
                 &spec.secret_env,
             ),
-            objects: (!spec.buckets.is_empty())
-                .then(|| Arc::new(ObjBindings::new(self.config.objects.clone(), &spec.buckets))),
-            egress: crate::outbound::Egress::new(allowlist),
             artifact: match &function.artifact {
                 Artifact::File(path) => Some(path.clone()),
                 Artifact::Bytes(_) => None,

@@ -426,6 +426,19 @@ fn commit_batch(
     }
 }
 
+/// An error text cut to [`MAX_ERROR_TEXT`] bytes (on a character boundary).
+fn error_text(e: &str) -> String {
+    let mut e = e.to_string();
+    if e.len() > MAX_ERROR_TEXT {
+        let mut cut = MAX_ERROR_TEXT;
+        while !e.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        e.truncate(cut);
+    }
+    e
+}
+
 fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(
         e.sqlite_error()
@@ -552,17 +565,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db(doing))?;
-        let error = attempt.error.as_deref().map(|e| {
-            let mut e = e.to_string();
-            if e.len() > MAX_ERROR_TEXT {
-                let mut cut = MAX_ERROR_TEXT;
-                while !e.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                e.truncate(cut);
-            }
-            e
-        });
+        let error = attempt.error.as_deref().map(error_text);
         tx.execute(
             "INSERT INTO event_attempts
                  (event_id, attempt, invocation_id, revision, started_at_ms, duration_ms, outcome,
@@ -603,6 +606,51 @@ impl Store {
             .map_err(db(doing))?;
         tx.commit().map_err(db(doing))?;
         Ok(e)
+    }
+
+    /// Stores `ev` straight into the dead-letter queue (`failed`, no attempts, finished now,
+    /// `error` as its last error), so a person sees it in `nubo dlq` and can redrive it. For an
+    /// invocation that must not run, such as one of a trigger chain stopped for looping. Its
+    /// idempotency key is not kept: it must not answer a later submission in its place. The
+    /// commit is durable (`synchronous=FULL`) when this returns.
+    pub fn dead_letter_event(&self, ev: &NewEvent, error: &str) -> Result<(), StoreError> {
+        let now = time::to_millis(SystemTime::now());
+        self.writer()
+            .execute(
+                &format!(
+                    "INSERT INTO events ({COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'failed', 0, ?8, ?9, ?9, ?10, ?9, NULL,
+                             ?11)"
+                ),
+                params![
+                    ev.id,
+                    ev.app,
+                    ev.function,
+                    ev.method,
+                    ev.path,
+                    encode_headers(&ev.headers),
+                    ev.body,
+                    i64::from(ev.max_attempts.max(1)),
+                    now,
+                    now.saturating_add(ms(ev.max_age)),
+                    error_text(error)
+                ],
+            )
+            .map_err(db("storing a dead-lettered async invocation"))?;
+        Ok(())
+    }
+
+    /// Replaces the payload of a stored event, whatever its state (say, to narrow a batch to
+    /// the records that failed before it is retried). Does nothing when there is no such
+    /// event (it was purged or pruned meanwhile).
+    pub fn set_event_body(&self, id: &str, body: &[u8]) -> Result<(), StoreError> {
+        self.writer()
+            .execute(
+                "UPDATE events SET body = ?2 WHERE id = ?1",
+                params![id, body],
+            )
+            .map_err(db("replacing an async invocation's payload"))?;
+        Ok(())
     }
 
     /// Puts a running event back in the queue without counting an attempt (its function was
@@ -789,6 +837,40 @@ impl Store {
         Ok(n as u64)
     }
 
+    /// Size of each app's dead-letter queue (its `failed` events), for apps with any, by app.
+    pub fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let doing = "counting dead-lettered async invocations";
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT app, count(*) FROM events WHERE state = 'failed' GROUP BY app ORDER BY app",
+            )
+            .map_err(db(doing))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(db(doing))?;
+        rows.map(|r| {
+            r.map(|(app, n)| (app, u64::try_from(n).unwrap_or(0)))
+                .map_err(db(doing))
+        })
+        .collect()
+    }
+
+    /// When the oldest queued event was first submitted, if any is queued.
+    pub fn oldest_queued_event(&self) -> Result<Option<SystemTime>, StoreError> {
+        let t: Option<i64> = self
+            .reader()
+            .query_row(
+                "SELECT min(enqueued_at_ms) FROM events WHERE state = 'queued'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(db("reading the age of the async queue"))?;
+        Ok(t.map(time::from_millis))
+    }
+
     /// Prunes finished events beyond `keep`, oldest first, with their attempts. Returns how
     /// many.
     pub fn prune_finished_events(&self, keep: u64) -> Result<u64, StoreError> {
@@ -940,6 +1022,50 @@ mod tests {
         assert_eq!(e.state, EventState::Succeeded);
         assert_eq!(attempts.len(), 3);
         assert_eq!(store.pending_events().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_dead_lettered_event_is_in_the_failed_list_and_can_be_redriven() {
+        let (_dir, store) = store();
+        let long = "loop ".repeat(500);
+        store
+            .dead_letter_event(&event("e1", Some("k")), &long)
+            .unwrap();
+        assert_eq!(store.pending_events().unwrap(), 0, "never queued");
+        let dlq = store
+            .events("shop", None, Some(EventState::Failed), 10)
+            .unwrap();
+        assert_eq!(dlq.len(), 1);
+        let e = &dlq[0];
+        assert_eq!((e.id.as_str(), e.attempts), ("e1", 0));
+        assert_eq!(e.body, b"{\"n\":1}");
+        assert_eq!(e.headers[1], ("x-bin".to_string(), vec![1, 2, 255]));
+        assert!(e.finished_at.is_some());
+        assert_eq!(e.idempotency_key, None);
+        let error = e.last_error.as_deref().unwrap();
+        assert!(error.starts_with("loop ") && error.len() <= MAX_ERROR_TEXT);
+        let (_, attempts) = store.event("e1").unwrap().unwrap();
+        assert!(attempts.is_empty());
+
+        let moved = store
+            .redrive_events("shop", None, |_| (Duration::from_secs(60), 3))
+            .unwrap();
+        assert_eq!(moved, ["e1"]);
+        assert_eq!(store.claim_events(10, |_, _| true).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_event_body_can_be_replaced() {
+        let (_dir, store) = store();
+        let w = store.spawn_event_writer().unwrap();
+        w.submit(event("e1", None)).await.unwrap();
+        store.set_event_body("e1", b"{\"records\":[2]}").unwrap();
+        store.set_event_body("missing", b"x").unwrap();
+        let (e, _) = store.event("e1").unwrap().unwrap();
+        assert_eq!(e.body, b"{\"records\":[2]}");
+        assert_eq!(e.state, EventState::Queued);
+        let claimed = store.claim_events(10, |_, _| true).unwrap();
+        assert_eq!(claimed[0].body, b"{\"records\":[2]}");
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! Nubo's embedded storage backend: apps and their immutable revisions in SQLite (WAL mode),
 //! code as content-addressed blobs, compiled artifacts, and invocation records and logs written
-//! by one batching thread.
+//! by one batching thread; for triggers, durable queues ([`Queues`]), each trigger's state
+//! ([`TriggerState`]) and the outbox of object changes ([`objects::ObjectEvent`]).
 //!
 //! Layout under the data directory:
 //!
 //! ```text
-//! <data_dir>/nubo.db                                  SQLite: apps, revisions, records, logs
+//! <data_dir>/nubo.db                                  SQLite: apps, revisions, records, logs,
+//!                                                     queues, trigger state, object events
 //! <data_dir>/secret.key                               the key secrets are encrypted with
 //! <data_dir>/blobs/sha256/<2 hex>/<64 hex>            component code, named by its sha256
 //! <data_dir>/artifacts/<artifact_key>/<digest>.cwasm  compiled code, per engine build
@@ -37,6 +39,7 @@ mod events;
 pub mod kv;
 pub mod objects;
 mod pool;
+mod queues;
 mod records;
 mod revisions;
 mod rollout;
@@ -44,6 +47,7 @@ mod schema;
 pub mod secrets;
 mod time;
 mod traffic;
+mod trigger_state;
 mod writer;
 
 pub use blobs::validate_digest;
@@ -52,11 +56,16 @@ pub use events::{
     Accepted, Attempt, AttemptResult, Event, EventState, EventWriter, MAX_FINISHED_EVENTS,
     NewEvent, Next, SubmitError,
 };
+pub use queues::{
+    MAX_CLAIM, MAX_MESSAGE_BYTES, MAX_QUEUE_MESSAGES, NewMessage, QueueError, QueueInfo,
+    QueueMessage, Queues,
+};
 pub use records::{MAX_QUERY_ROWS, invocation_record};
 pub use revisions::{FunctionCode, NewRevision, RevisionRecord};
 pub use rollout::{Rollout, RolloutMove, RolloutState};
 pub use time::format_rfc3339;
 pub use traffic::{TrafficInstruction, TrafficSplit, canary_split, validate_split};
+pub use trigger_state::TriggerState;
 pub use writer::{
     BATCH_LINGER, BROADCAST_CAPACITY, CommittedInvocation, MAX_BATCH, MAX_INVOCATION_ROWS,
     MAX_LOG_ROWS, RecordWriter, Retention, WriterCounts,
@@ -90,6 +99,8 @@ pub struct Store {
     kv: kv::Kv,
     /// The object storage buckets, on connections of their own (see [`objects::Objects`]).
     objects: objects::Objects,
+    /// The durable queues, on connections of their own (see [`Queues`]).
+    queues: Queues,
     /// The apps' secrets, opened with the server key on first use (see [`Store::secrets`]).
     secrets: OnceLock<secrets::Secrets>,
 }
@@ -137,6 +148,7 @@ impl Store {
             })?;
         let kv = kv::Kv::new(&db_path)?;
         let objects = objects::Objects::new(&dir, &db_path)?;
+        let queues = Queues::new(&db_path)?;
         Ok(Store {
             dir,
             db_path,
@@ -144,6 +156,7 @@ impl Store {
             read: Mutex::new(read),
             kv,
             objects,
+            queues,
             secrets: OnceLock::new(),
         })
     }
@@ -161,6 +174,11 @@ impl Store {
     /// A handle on the object storage buckets of this data directory.
     pub fn objects(&self) -> objects::Objects {
         self.objects.clone()
+    }
+
+    /// A handle on the durable queues of this data directory.
+    pub fn queues(&self) -> Queues {
+        self.queues.clone()
     }
 
     /// A handle on the apps' secrets, opened on the first call with the server key from

@@ -21,9 +21,14 @@
 //!   rows, updated in the same transaction as the rows.
 //! - A digest or upload id becomes part of a path only after it was validated (64 lowercase hex
 //!   characters; a ULID in its canonical form), so none can point outside the objects directory.
+//! - A change of an object in a watched bucket (one with object triggers, see
+//!   [`Objects::watch_buckets`]) inserts its `object_events` row in the same transaction as the
+//!   change: a committed change always has its event, and an event always names a committed
+//!   change. A delete of a missing key changes nothing and emits nothing.
 
 use crate::pool::Pool;
 use crate::{Durability, StoreError, blobs, time};
+use arc_swap::ArcSwap;
 use md5::Md5;
 use nubo_core::ErrorCode;
 use nubo_core::limits::{
@@ -32,13 +37,14 @@ use nubo_core::limits::{
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
 use std::time::SystemTime;
+use tokio::sync::Notify;
 
 /// Where object files live, relative to the data directory.
 const OBJECTS_DIR: &str = "objects";
@@ -232,6 +238,60 @@ pub struct PutOptions {
     /// User metadata: names of lowercase letters, digits, `-`, `_` and `.`; values without
     /// control characters; at most [`MAX_USER_METADATA_BYTES`] of names and values together.
     pub user_metadata: BTreeMap<String, String>,
+    /// The trigger hop count of the invocation that writes the object (0 for writes from
+    /// outside functions); carried into the object event, so trigger chains can be bounded.
+    pub hop: u32,
+}
+
+/// What happened to an object, as an object trigger sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectEventKind {
+    /// Written: a put, a copy, or a completed multipart upload (also over an older object).
+    Created,
+    /// Deleted.
+    Deleted,
+}
+
+impl ObjectEventKind {
+    /// Its name in the database and in trigger configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectEventKind::Created => "created",
+            ObjectEventKind::Deleted => "deleted",
+        }
+    }
+
+    /// Parses a name; `None` for an unknown one.
+    pub fn parse(s: &str) -> Option<ObjectEventKind> {
+        match s {
+            "created" => Some(ObjectEventKind::Created),
+            "deleted" => Some(ObjectEventKind::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// One change of an object in a watched bucket, waiting in the outbox for its triggers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEvent {
+    /// Its place in the outbox: later changes have larger numbers.
+    pub seq: i64,
+    /// The bucket.
+    pub bucket: String,
+    /// The object's key.
+    pub key: String,
+    /// What happened.
+    pub kind: ObjectEventKind,
+    /// The new object's size (`None` for a delete).
+    pub size: Option<u64>,
+    /// The new object's etag, without quotes (`None` for a delete).
+    pub etag: Option<String>,
+    /// The new object's content type (`None` for a delete or when it has none).
+    pub content_type: Option<String>,
+    /// The trigger hop count of the invocation that made the change (0 from outside functions).
+    pub hop: u32,
+    /// When the change committed (millisecond precision).
+    pub at: SystemTime,
 }
 
 /// One bucket, as listed.
@@ -274,6 +334,10 @@ struct Inner {
     /// the critical section in which content files are placed and removed (see the module
     /// invariants).
     pool: Pool,
+    /// Buckets whose changes go to the `object_events` outbox.
+    watched: ArcSwap<BTreeSet<String>>,
+    /// Woken after each commit that added an outbox row.
+    events_signal: Arc<Notify>,
 }
 
 impl fmt::Debug for Objects {
@@ -297,6 +361,8 @@ impl Objects {
             inner: Arc::new(Inner {
                 root,
                 pool: Pool::open(db_path, Durability::Full)?,
+                watched: ArcSwap::from_pointee(BTreeSet::new()),
+                events_signal: Arc::new(Notify::new()),
             }),
         };
         objects.remove_leftovers();
@@ -591,8 +657,15 @@ impl Objects {
         Ok(None)
     }
 
-    /// Deletes the object at `key`; `true` when there was one.
+    /// Deletes the object at `key`; `true` when there was one. The same as
+    /// [`Objects::delete_at_hop`] at hop 0 (a delete from outside functions).
     pub fn delete(&self, bucket: &str, key: &str) -> Result<bool, ObjectError> {
+        self.delete_at_hop(bucket, key, 0)
+    }
+
+    /// Deletes the object at `key` for an invocation at trigger hop `hop`; `true` when there
+    /// was one. In a watched bucket the delete of an object emits a `deleted` event.
+    pub fn delete_at_hop(&self, bucket: &str, key: &str, hop: u32) -> Result<bool, ObjectError> {
         const DOING: &str = "deleting an object";
         let mut conn = self.writer();
         let removed = Self::write_tx(&mut conn, DOING, |tx| {
@@ -618,17 +691,141 @@ impl Objects {
                 params![bucket, size],
             )
             .map_err(db(DOING))?;
-            Ok(Some(release_content(tx, &digest)?))
+            let now = time::to_millis(SystemTime::now());
+            let emitted = self.emit_event(tx, bucket, key, None, hop, now)?;
+            Ok(Some((release_content(tx, &digest)?, emitted)))
         })?;
         match removed {
             None => Ok(false),
-            Some(unreferenced) => {
+            Some((unreferenced, emitted)) => {
                 if let Some(digest) = unreferenced {
                     self.remove_content(&digest);
+                }
+                drop(conn);
+                if emitted {
+                    self.inner.events_signal.notify_one();
                 }
                 Ok(true)
             }
         }
+    }
+
+    // ---- object events ----
+
+    /// Sets the buckets whose changes go to the object-event outbox (the buckets that have
+    /// object triggers), replacing the earlier set. Changes committed before the call are not
+    /// emitted after the fact.
+    pub fn watch_buckets(&self, buckets: BTreeSet<String>) {
+        self.inner.watched.store(Arc::new(buckets));
+    }
+
+    /// Notified (one permit, `notify_one`) after each commit that added an outbox row, so the
+    /// one task draining [`Objects::object_events`] wakes at once.
+    pub fn object_events_signal(&self) -> Arc<Notify> {
+        self.inner.events_signal.clone()
+    }
+
+    /// Up to `limit` events from the outbox, oldest first.
+    pub fn object_events(&self, limit: usize) -> Result<Vec<ObjectEvent>, ObjectError> {
+        const DOING: &str = "reading object events";
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, bucket, key, kind, size, etag, content_type, hop, at_ms
+                 FROM object_events ORDER BY seq LIMIT ?1",
+            )
+            .map_err(db(DOING))?;
+        let rows = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            })
+            .map_err(db(DOING))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, bucket, key, kind, size, etag, content_type, hop, at) =
+                row.map_err(db(DOING))?;
+            let Some(kind) = ObjectEventKind::parse(&kind) else {
+                return Err(ObjectError::Corrupt(format!(
+                    "an object event of unknown kind {kind:?}"
+                )));
+            };
+            out.push(ObjectEvent {
+                seq,
+                bucket,
+                key: key_string(key)?,
+                kind,
+                size: size.map(|s| s.max(0) as u64),
+                etag,
+                content_type,
+                hop: u32::try_from(hop).unwrap_or(u32::MAX),
+                at: time::from_millis(at),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes the outbox events up to and including `up_to_seq` (delivered); returns how many.
+    pub fn ack_object_events(&self, up_to_seq: i64) -> Result<u64, ObjectError> {
+        const DOING: &str = "removing delivered object events";
+        let mut conn = self.writer();
+        Self::write_tx(&mut conn, DOING, |tx| {
+            let n = tx
+                .execute("DELETE FROM object_events WHERE seq <= ?1", [up_to_seq])
+                .map_err(db(DOING))?;
+            Ok(n as u64)
+        })
+    }
+
+    /// Inside a write transaction: adds the outbox row of a change when `bucket` is watched:
+    /// `created` with the object `written`, or `deleted` when `None`. Returns whether it did
+    /// (the caller notifies once the transaction committed).
+    fn emit_event(
+        &self,
+        tx: &Transaction<'_>,
+        bucket: &str,
+        key: &str,
+        written: Option<Written<'_>>,
+        hop: u32,
+        at_ms: i64,
+    ) -> Result<bool, ObjectError> {
+        if !self.inner.watched.load().contains(bucket) {
+            return Ok(false);
+        }
+        let (kind, size, etag, content_type) = match written {
+            Some(w) => (
+                ObjectEventKind::Created,
+                Some(i64::try_from(w.size).unwrap_or(i64::MAX)),
+                Some(w.etag),
+                w.content_type,
+            ),
+            None => (ObjectEventKind::Deleted, None, None, None),
+        };
+        tx.execute(
+            "INSERT INTO object_events (bucket, key, kind, size, etag, content_type, hop, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                bucket,
+                key.as_bytes(),
+                kind.as_str(),
+                size,
+                etag,
+                content_type,
+                hop,
+                at_ms
+            ],
+        )
+        .map_err(db("recording an object event"))?;
+        Ok(true)
     }
 
     /// Removes a content file whose last reference was just committed away. Called with the
@@ -760,9 +957,18 @@ impl Objects {
         Self::write_tx(&mut conn, DOING, |tx| {
             require_bucket_tx(tx, bucket)?;
             tx.execute(
-                "INSERT INTO multipart_uploads (id, bucket, key, content_type, user_meta, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, bucket, key.as_bytes(), opts.content_type, meta_json, now],
+                "INSERT INTO multipart_uploads
+                 (id, bucket, key, content_type, user_meta, created_at_ms, hop)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    bucket,
+                    key.as_bytes(),
+                    opts.content_type,
+                    meta_json,
+                    now,
+                    opts.hop
+                ],
             )
             .map_err(db(DOING))?;
             Ok(())
@@ -909,6 +1115,7 @@ impl Objects {
         let opts = PutOptions {
             content_type: upload.content_type,
             user_metadata: upload.user_metadata,
+            hop: upload.hop,
         };
         let meta = pending.commit_inner(
             &upload.bucket,
@@ -977,7 +1184,8 @@ impl Objects {
         let id = canonical_upload_id(upload_id)?;
         let row = self.read_tx(DOING, |tx| {
             tx.query_row(
-                "SELECT bucket, key, content_type, user_meta FROM multipart_uploads WHERE id = ?1",
+                "SELECT bucket, key, content_type, user_meta, hop FROM multipart_uploads
+                 WHERE id = ?1",
                 [&id],
                 |r| {
                     Ok((
@@ -985,13 +1193,14 @@ impl Objects {
                         r.get::<_, Vec<u8>>(1)?,
                         r.get::<_, Option<String>>(2)?,
                         r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
                     ))
                 },
             )
             .optional()
             .map_err(db(DOING))
         })?;
-        let Some((bucket, key, content_type, meta)) = row else {
+        let Some((bucket, key, content_type, meta, hop)) = row else {
             return Err(ObjectError::NoSuchUpload(upload_id.to_string()));
         };
         Ok(Upload {
@@ -1000,8 +1209,16 @@ impl Objects {
             key: key_string(key)?,
             content_type,
             user_metadata: parse_metadata(&meta)?,
+            hop: u32::try_from(hop).unwrap_or(u32::MAX),
         })
     }
+}
+
+/// The object a `created` event describes.
+struct Written<'a> {
+    size: u64,
+    etag: &'a str,
+    content_type: Option<&'a str>,
 }
 
 /// An unfinished multipart upload.
@@ -1011,6 +1228,8 @@ struct Upload {
     key: String,
     content_type: Option<String>,
     user_metadata: BTreeMap<String, String>,
+    /// The trigger hop count of the invocation that started it.
+    hop: u32,
 }
 
 /// An object being written: bytes go to a temporary file while they are hashed (sha256 and
@@ -1188,8 +1407,19 @@ impl PendingPut {
                     params![bucket, count, size as i64 - old_size],
                 )
                 .map_err(db(DOING))?;
-                Ok(released)
+                let written = Written {
+                    size,
+                    etag: &etag,
+                    content_type: opts.content_type.as_deref(),
+                };
+                let emitted =
+                    objects.emit_event(tx, bucket, key, Some(written), opts.hop, now_ms)?;
+                Ok((released, emitted))
             })?;
+            let (released, emitted) = released;
+            if emitted {
+                objects.inner.events_signal.notify_one();
+            }
             if let Some(old) = released {
                 objects.remove_content(&old);
             }
@@ -1562,6 +1792,115 @@ mod tests {
         assert_eq!(prefix_upper_bound(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_upper_bound(b""), None);
         assert_eq!(prefix_upper_bound(b"\xff\xff"), None);
+    }
+
+    fn objects() -> (tempfile::TempDir, Objects) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        (dir, store.objects())
+    }
+
+    fn put(o: &Objects, bucket: &str, key: &str, body: &[u8], hop: u32) -> ObjectMeta {
+        let opts = PutOptions {
+            content_type: Some("text/plain".into()),
+            hop,
+            ..PutOptions::default()
+        };
+        o.put(bucket, key, &mut &body[..], opts).unwrap()
+    }
+
+    #[test]
+    fn only_changes_in_watched_buckets_reach_the_outbox_in_order() {
+        let (_dir, o) = objects();
+        o.create_bucket("uploads").unwrap();
+        o.create_bucket("quiet").unwrap();
+        let signal = o.object_events_signal();
+        put(&o, "uploads", "before-watch", b"x", 0);
+        o.watch_buckets(BTreeSet::from(["uploads".to_string()]));
+        put(&o, "quiet", "a", b"x", 0);
+        o.delete("quiet", "a").unwrap();
+        assert!(o.object_events(10).unwrap().is_empty());
+
+        let meta = put(&o, "uploads", "img/1.png", b"png", 3);
+        // The signal holds a permit once an event row committed.
+        assert!(
+            ready_now(signal.notified()),
+            "the drainer was not woken after a watched put"
+        );
+        assert!(o.delete_at_hop("uploads", "img/1.png", 4).unwrap());
+        assert!(!o.delete("uploads", "never-there").unwrap());
+        o.delete("uploads", "before-watch").unwrap();
+
+        let events = o.object_events(10).unwrap();
+        let summary: Vec<(&str, ObjectEventKind, u32)> = events
+            .iter()
+            .map(|e| (e.key.as_str(), e.kind, e.hop))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("img/1.png", ObjectEventKind::Created, 3),
+                ("img/1.png", ObjectEventKind::Deleted, 4),
+                ("before-watch", ObjectEventKind::Deleted, 0),
+            ]
+        );
+        let created = &events[0];
+        assert_eq!(created.bucket, "uploads");
+        assert_eq!(created.size, Some(3));
+        assert_eq!(created.etag.as_deref(), Some(meta.etag.as_str()));
+        assert_eq!(created.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(created.at, meta.last_modified);
+        assert_eq!((events[1].size, events[1].etag.as_deref()), (None, None));
+        assert!(events[0].seq < events[1].seq && events[1].seq < events[2].seq);
+
+        assert_eq!(o.object_events(1).unwrap(), events[..1]);
+        assert_eq!(o.ack_object_events(events[1].seq).unwrap(), 2);
+        assert_eq!(o.object_events(10).unwrap(), events[2..]);
+        assert_eq!(o.ack_object_events(events[2].seq).unwrap(), 1);
+        assert!(o.object_events(10).unwrap().is_empty());
+
+        o.watch_buckets(BTreeSet::new());
+        put(&o, "uploads", "after", b"x", 0);
+        assert!(o.object_events(10).unwrap().is_empty(), "no longer watched");
+    }
+
+    #[test]
+    fn a_completed_multipart_upload_emits_one_created_event_at_its_hop() {
+        let (_dir, o) = objects();
+        o.create_bucket("big").unwrap();
+        o.watch_buckets(BTreeSet::from(["big".to_string()]));
+        let opts = PutOptions {
+            hop: 5,
+            ..PutOptions::default()
+        };
+        let id = o.create_multipart("big", "movie", opts).unwrap();
+        let etag = o.upload_part(&id, 1, &mut &b"frames"[..]).unwrap();
+        assert!(
+            o.object_events(10).unwrap().is_empty(),
+            "a part is no change"
+        );
+        let meta = o.complete_multipart(&id, &[(1, etag)]).unwrap();
+        let events = o.object_events(10).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].kind, events[0].hop, events[0].size),
+            (ObjectEventKind::Created, 5, Some(6))
+        );
+        assert_eq!(events[0].etag.as_deref(), Some(meta.etag.as_str()));
+    }
+
+    /// Whether `fut` is ready at its first poll.
+    fn ready_now<F: Future>(fut: F) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::select! {
+                biased;
+                _ = fut => true,
+                () = std::future::ready(()) => false,
+            }
+        })
     }
 
     #[test]

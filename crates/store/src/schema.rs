@@ -284,8 +284,83 @@ ALTER TABLE invocations ADD COLUMN outbound_bytes_out INTEGER NOT NULL DEFAULT 0
 ALTER TABLE invocations ADD COLUMN outbound_bytes_in INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 10: storage for triggers.
+///
+/// `queues` and `queue_messages` are the built-in durable queues: `queues.messages` counts the
+/// queue's rows (kept in the same transaction as them, so the bound on a queue's size is one
+/// row read), `published` counts every message ever published to it. A message is visible
+/// when `visible_at_ms` is not in the future; a claim pushes it forward by the lease. `seq`
+/// orders a queue first in, first out (`queue_messages_fifo`); `queue_messages_visible` finds
+/// the next message to become visible and counts those leased.
+///
+/// `trigger_state` keeps, per app and trigger, what a person asks about a trigger (when it last
+/// fired, how often, its last error) and the cron trigger's last tick, so a restart neither
+/// fires a tick twice nor forgets one.
+///
+/// `object_events` is the outbox of object changes in buckets that have object triggers,
+/// written in the same transaction as the change and deleted once delivered;
+/// `multipart_uploads.hop` keeps the trigger hop count of the invocation that started an
+/// upload, for the event its completion emits.
+const V10: &str = "
+CREATE TABLE queues (
+    name          TEXT    NOT NULL PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    messages      INTEGER NOT NULL DEFAULT 0,
+    published     INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE queue_messages (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue          TEXT    NOT NULL REFERENCES queues (name),
+    id             TEXT    NOT NULL UNIQUE,
+    body           BLOB    NOT NULL,
+    content_type   TEXT,
+    hop            INTEGER NOT NULL,
+    enqueued_at_ms INTEGER NOT NULL,
+    visible_at_ms  INTEGER NOT NULL,
+    receive_count  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX queue_messages_visible ON queue_messages (queue, visible_at_ms, seq);
+CREATE INDEX queue_messages_fifo ON queue_messages (queue, seq);
+
+CREATE TABLE trigger_state (
+    app           TEXT    NOT NULL,
+    trigger       TEXT    NOT NULL,
+    kind          TEXT    NOT NULL,
+    last_fire_ms  INTEGER,
+    last_tick_ms  INTEGER,
+    fires         INTEGER NOT NULL DEFAULT 0,
+    errors        INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    loops_stopped INTEGER NOT NULL DEFAULT 0,
+    skipped       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (app, trigger)
+) WITHOUT ROWID;
+
+CREATE TABLE object_events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    bucket       TEXT    NOT NULL,
+    key          BLOB    NOT NULL,
+    kind         TEXT    NOT NULL CHECK (kind IN ('created', 'deleted')),
+    size         INTEGER,
+    etag         TEXT,
+    content_type TEXT,
+    hop          INTEGER NOT NULL,
+    at_ms        INTEGER NOT NULL
+);
+
+ALTER TABLE multipart_uploads ADD COLUMN hop INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 11: the level of a log line (`trace` … `error`) when the function wrote it as a
+/// JSON object naming one, so `nubo logs --level` filters in SQL. Rows written before it have
+/// no level.
+const V11: &str = "
+ALTER TABLE logs ADD COLUMN level TEXT;
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -123,6 +123,7 @@ fn puts_hash_store_and_read_back_with_metadata_and_ranges() {
             PutOptions {
                 content_type: Some("application/x-report".into()),
                 user_metadata: meta.clone(),
+                hop: 0,
             },
         )
         .unwrap();
@@ -248,6 +249,7 @@ fn keys_and_metadata_are_checked() {
                 PutOptions {
                     content_type: None,
                     user_metadata,
+                    hop: 0,
                 },
             )
             .unwrap_err();
@@ -343,6 +345,7 @@ fn multipart_uploads_concatenate_parts_with_s3_etags() {
             PutOptions {
                 content_type: Some("video/mp4".into()),
                 user_metadata: meta.clone(),
+                hop: 0,
             },
         )
         .unwrap();

@@ -136,7 +136,7 @@ fn open_creates_a_private_data_dir_with_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 11);
 }
 
 #[test]
@@ -749,6 +749,7 @@ fn retention_keeps_only_the_newest_rows() {
     let retention = Retention {
         max_invocations: 10,
         max_log_lines: 25,
+        max_age: None,
     };
     let writer = store.spawn_record_writer_with(rx, retention).unwrap();
     let mut ids = Vec::new();
@@ -1000,4 +1001,40 @@ fn pruning_keeps_the_newest_and_every_weighted_revision() {
         7
     );
     assert_eq!(store.prune_revisions("shop", 2).unwrap(), vec![1, 5]);
+}
+
+#[test]
+fn retention_by_age_prunes_old_records_and_lines_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    let retention = Retention {
+        max_age: Some(Duration::from_secs(3600)),
+        ..Retention::default()
+    };
+    let writer = store.spawn_record_writer_with(rx, retention).unwrap();
+    // Old records (2023) first, as a busy server's oldest rows are, then two of today.
+    for i in 0..5 {
+        tx.send(finished("shop", "api", at(i), &["old"])).unwrap();
+    }
+    let mut fresh = Vec::new();
+    for _ in 0..2 {
+        let fin = finished("shop", "api", SystemTime::now(), &["new", "newer"]);
+        fresh.push(fin.meta.id.to_string());
+        tx.send(fin).unwrap();
+    }
+    // Shutting down leaves the tables within their limits.
+    assert_eq!(writer.shutdown().written, 7);
+    let mut kept: Vec<String> = store
+        .invocations("shop", None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    kept.sort();
+    fresh.sort();
+    assert_eq!(kept, fresh);
+    let lines = store.logs("shop", None, UNIX_EPOCH, None, 100).unwrap();
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|(_, l)| l.line != "old"));
 }

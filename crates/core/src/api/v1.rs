@@ -35,6 +35,21 @@ pub struct DeployResponse {
     /// The app's traffic split after the deploy (the new revision may take all, some or none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficState>,
+    /// The revision's triggers (in force while it is the revision with the largest share).
+    /// Servers that predate triggers omit it.
+    #[serde(default)]
+    pub triggers: Vec<DeployedTrigger>,
+}
+
+/// One trigger of a deployed revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployedTrigger {
+    /// Its name, unique in the app.
+    pub name: String,
+    /// `cron`, `queue`, `object`, `mqtt` or `nats`.
+    pub kind: String,
+    /// The function it delivers to.
+    pub function: String,
 }
 
 /// One function of a deploy.
@@ -146,6 +161,33 @@ pub struct LogLine {
     pub stream: String,
     /// The text, without its newline.
     pub line: String,
+    /// `trace`, `debug`, `info`, `warn` or `error` when the line is a JSON object with a
+    /// `level` (or `severity`, `lvl`) field naming one; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Its position in the server's log: pass the last one seen as `after` to continue
+    /// without gaps or repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<i64>,
+}
+
+/// Which log lines `GET /_nubo/api/v1/apps/{app}/logs` answers, besides `since`, `after` and
+/// `limit`: every filter given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFilter {
+    /// Only this function's lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Only this invocation's lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<String>,
+    /// Only lines containing this text (case-sensitive substring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grep: Option<String>,
+    /// Only lines with at least this level (`trace`, `debug`, `info`, `warn`, `error`); lines
+    /// without a level are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
 }
 
 /// The body of a 409 `conflict` answer: the error and the state the caller should have expected.
@@ -594,4 +636,98 @@ pub struct SecretList {
     pub app: String,
     /// Its secrets, in name order.
     pub secrets: Vec<SecretSummary>,
+}
+
+/// One durable queue with its figures, as listed by `GET /_nubo/api/v1/queues`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueSummary {
+    /// The queue's name.
+    pub name: String,
+    /// Messages it holds, visible or not.
+    pub messages: u64,
+    /// Messages not visible now: leased by a consumer, or released with a delay.
+    pub in_flight: u64,
+    /// Messages ever published to it.
+    pub published: u64,
+    /// When the oldest message it holds was published (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_enqueued_at: Option<String>,
+    /// When the queue was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// `GET /_nubo/api/v1/queues`: every queue, by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueList {
+    /// The queues.
+    pub queues: Vec<QueueSummary>,
+}
+
+/// `POST /_nubo/api/v1/queues/{queue}/messages`: the message is stored durably.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuePublished {
+    /// The message's id (a ULID).
+    pub id: String,
+    /// The queue.
+    pub queue: String,
+}
+
+/// `POST /_nubo/api/v1/queues/{queue}/purge` and `DELETE /_nubo/api/v1/queues/{queue}`: how
+/// many messages went with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuePurged {
+    /// The queue.
+    pub queue: String,
+    /// Messages deleted.
+    pub purged: u64,
+}
+
+/// One trigger of an app and how it is doing, as listed by
+/// `GET /_nubo/api/v1/apps/{app}/triggers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriggerInfo {
+    /// The trigger's name (unique in the app).
+    pub name: String,
+    /// `cron`, `queue`, `object`, `mqtt` or `nats`.
+    pub kind: String,
+    /// The function it invokes.
+    pub function: String,
+    /// The app revision whose manifest put it in force.
+    pub revision: u64,
+    /// Where its events come from: the schedule, queue, bucket, broker topic or subject.
+    pub source: String,
+    /// What it is doing: `running`, `connecting`, `failed`, … (`last_error` says why).
+    pub state: String,
+    /// When it last delivered an event (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire: Option<String>,
+    /// When it fires next, for schedules (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire: Option<String>,
+    /// Events waiting at the source (queue messages, object events), where it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
+    /// How far behind the source it runs, in milliseconds, where it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// Deliveries stored since it was put in force (over restarts).
+    pub fires: u64,
+    /// Deliveries that could not be stored, or source failures.
+    pub errors: u64,
+    /// The latest error, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Deliveries sent to the dead-letter queue because their chain passed the hop limit.
+    pub loops_stopped: u64,
+    /// Ticks or events skipped (missed cron ticks, events older than the catch-up bound).
+    pub skipped: u64,
+}
+
+/// `GET /_nubo/api/v1/apps/{app}/triggers`: the app's triggers in force.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriggerList {
+    /// The app.
+    pub app: String,
+    /// Its triggers, in manifest order.
+    pub triggers: Vec<TriggerInfo>,
 }

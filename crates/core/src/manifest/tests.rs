@@ -332,10 +332,76 @@ const BROKEN: &[(&str, &str, usize, &[&str])] = &[
         &["names the function itself"],
     ),
     (
-        "queue destination",
-        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\non_failure = \"queue:errors\"\n",
+        "queue destination with a bad name",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\non_failure = \"queue:Bad Name\"\n",
         5,
-        &["queue destinations are not available yet"],
+        &["on_failure", "queue"],
+    ),
+    (
+        "cron with a bad schedule",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.cron]]\nfunction = \"api\"\nschedule = \"every minute\"\n",
+        7,
+        &["[[trigger.cron]] schedule", "5 fields", "@every 30s"],
+    ),
+    (
+        "cron in an unknown time zone",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.cron]]\nfunction = \"api\"\nschedule = \"@hourly\"\ntimezone = \"Mars/Base\"\n",
+        8,
+        &["unknown time zone", "Europe/Paris"],
+    ),
+    (
+        "trigger for an unknown function",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.queue]]\nfunction = \"apy\"\nqueue = \"orders\"\n",
+        6,
+        &["unknown function \"apy\"", "api"],
+    ),
+    (
+        "unknown key in a trigger",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.object]]\nfunction = \"api\"\nbucket = \"uploads\"\nprefx = \"img/\"\n",
+        8,
+        &["unknown key \"prefx\" in [[trigger.object]]", "prefix"],
+    ),
+    (
+        "unknown trigger kind",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.kafka]]\nfunction = \"api\"\n",
+        5,
+        &["kafka", "cron, queue, object, mqtt, nats"],
+    ),
+    (
+        "batch size on a wasm function",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.queue]]\nfunction = \"api\"\nqueue = \"q\"\nbatch_size = 5\n",
+        8,
+        &["one CloudEvent per message", "process"],
+    ),
+    (
+        "mqtt broker without a scheme",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.mqtt]]\nfunction = \"api\"\nbroker = \"127.0.0.1:1883\"\ntopics = [\"a/#\"]\n",
+        7,
+        &["needs a scheme", "mqtt://127.0.0.1"],
+    ),
+    (
+        "mqtt qos 2",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.mqtt]]\nfunction = \"api\"\nbroker = \"mqtt://127.0.0.1\"\ntopics = [\"a/#\"]\nqos = 2\n",
+        9,
+        &["QoS 0", "or 1"],
+    ),
+    (
+        "nats consumer without a stream",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.nats]]\nfunction = \"api\"\nsubject = \"orders.>\"\nconsumer = \"c1\"\n",
+        8,
+        &["consumer needs stream"],
+    ),
+    (
+        "object events misspelt",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.object]]\nfunction = \"api\"\nbucket = \"uploads\"\nevents = [\"create\"]\n",
+        8,
+        &["unknown event \"create\"", "\"created\""],
+    ),
+    (
+        "two triggers with one name",
+        "[app]\nname = \"a\"\n[function.api]\nsource = \"a.wasm\"\n[[trigger.cron]]\nname = \"t\"\nfunction = \"api\"\nschedule = \"@hourly\"\n[[trigger.cron]]\nname = \"t\"\nfunction = \"api\"\nschedule = \"@daily\"\n",
+        9,
+        &["\"t\" is used twice"],
     ),
     (
         "queue_timeout without unit",
@@ -393,4 +459,130 @@ fn a_bad_env_value_says_what_is_allowed() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("a string or { secret = \"NAME\" }"), "{e}");
+}
+
+#[test]
+fn triggers_parse_with_defaults_and_names() {
+    let m = parse(
+        r#"
+[app]
+name = "media"
+
+[function.thumb]
+source = "t.wasm"
+queues = ["jobs"]
+on_failure = "queue:failed"
+
+[function.batch]
+runtime = "process"
+source = "batch/"
+
+[[trigger.cron]]
+function = "thumb"
+schedule = "*/5 * * * *"
+
+[[trigger.cron]]
+function = "thumb"
+schedule = "@every 30s"
+timezone = "Europe/Paris"
+missed = "catch_up"
+
+[[trigger.queue]]
+function = "batch"
+queue = "jobs"
+batch_window = "2s"
+
+[[trigger.object]]
+function = "thumb"
+bucket = "uploads"
+prefix = "images/"
+events = ["deleted", "created"]
+
+[[trigger.mqtt]]
+name = "readings"
+function = "batch"
+broker = "mqtt://127.0.0.1:1883"
+topics = ["sensors/+/temp"]
+password = { secret = "mqtt_pw" }
+
+[[trigger.nats]]
+function = "batch"
+subject = "orders.>"
+stream = "ORDERS"
+"#,
+    )
+    .unwrap();
+    let names: Vec<&str> = m.triggers.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "cron-thumb",
+            "cron-thumb-2",
+            "queue-batch",
+            "object-thumb",
+            "readings",
+            "nats-batch"
+        ]
+    );
+    match &m.triggers[1].source {
+        TriggerSource::Cron(c) => {
+            assert_eq!(c.timezone, "Europe/Paris");
+            assert_eq!(c.missed, Missed::CatchUp);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &m.triggers[2].source {
+        TriggerSource::Queue(q) => {
+            assert_eq!(q.batch_size, 10, "process functions get batches of 10");
+            assert_eq!(q.batch_window_ms, 2000);
+            assert_eq!(q.visibility_timeout_ms, 30_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &m.triggers[3].source {
+        TriggerSource::Object(o) => {
+            assert_eq!(
+                o.events,
+                [ObjectEventKind::Created, ObjectEventKind::Deleted]
+            );
+            assert!(o.matches(ObjectEventKind::Created, "images/a.png"));
+            assert!(!o.matches(ObjectEventKind::Created, "docs/a.png"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &m.triggers[4].source {
+        TriggerSource::Mqtt(q) => {
+            assert_eq!(q.qos, 1);
+            assert_eq!(q.client_id, "nubo-media-readings");
+            assert_eq!(q.password, Some(Credential::Secret("mqtt_pw".into())));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &m.triggers[5].source {
+        TriggerSource::Nats(n) => {
+            assert_eq!(n.server, "nats://127.0.0.1:4222");
+            assert_eq!(n.stream.as_deref(), Some("ORDERS"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        m.queues().into_iter().collect::<Vec<_>>(),
+        ["failed", "jobs"]
+    );
+    assert_eq!(
+        m.watched_buckets().into_iter().collect::<Vec<_>>(),
+        ["uploads"]
+    );
+    assert_eq!(
+        m.functions["thumb"].destinations.on_failure.as_deref(),
+        Some("queue:failed")
+    );
+    // A manifest stored before triggers existed still reads.
+    let json = serde_json::to_value(&m).unwrap();
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("triggers");
+    let back: Manifest = serde_json::from_value(old).unwrap();
+    assert!(back.triggers.is_empty());
+    let again: Manifest = serde_json::from_value(json).unwrap();
+    assert_eq!(again, m);
 }

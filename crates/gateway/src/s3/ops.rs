@@ -111,6 +111,7 @@ fn put_options(content_type: Option<String>, metadata: Option<Metadata>) -> PutO
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect::<BTreeMap<_, _>>(),
+        hop: 0,
     }
 }
 
@@ -702,6 +703,7 @@ impl S3 for NuboS3 {
                 PutOptions {
                     content_type: src.content_type,
                     user_metadata: src.user_metadata,
+                    hop: 0,
                 }
             };
             o.put(&bucket, &key, &mut reader, opts)

@@ -2,7 +2,9 @@
 //! listener that hands it one invocation at a time (`/next`) and takes back its result
 //! (`/response`, `/error`) or its failure to start (`/init/error`). Paths under
 //! `/nubo/v1/kv` go to the key-value API of the stores the function binds (`kv`), paths under
-//! `/nubo/v1/obj` to the object storage API of the buckets it binds (`objects`).
+//! `/nubo/v1/obj` to the object storage API of the buckets it binds (`objects`), paths under
+//! `/nubo/v1/queues` to the publish API of the queues it binds (`queues`). Object writes and
+//! publishes carry the trigger hop count of the invocation in flight.
 //!
 //! State machine per worker: no invocation is current until `/next` hands one out; only the
 //! current request id may answer, once. A second `/next` while one is current drops it
@@ -10,11 +12,13 @@
 
 use super::kv::{self, KvScope};
 use super::objects::{self, ObjBody, ObjScope};
+use super::queues::{self, QueueScope};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -51,6 +55,9 @@ pub(crate) struct Job {
     pub(crate) trace_id: String,
     /// The event.
     pub(crate) payload: Bytes,
+    /// The invocation's trigger hop count (its request's `nubo-hop`), carried by the object
+    /// writes and queue publishes the worker makes while it runs.
+    pub(crate) hop: u32,
     /// Where the worker's answer goes.
     pub(crate) reply: oneshot::Sender<Reply>,
 }
@@ -109,6 +116,10 @@ pub(crate) struct Channel {
     kv: Arc<KvScope>,
     /// The buckets this worker may reach under `/nubo/v1/obj/`.
     objects: Arc<ObjScope>,
+    /// The queues this worker may publish to under `/nubo/v1/queues/`.
+    queues: Arc<QueueScope>,
+    /// The hop count of the invocation last handed out (0 before the first).
+    hop: AtomicU32,
 }
 
 struct Current {
@@ -126,6 +137,8 @@ impl Channel {
             spawned,
             kv: Arc::new(KvScope::none()),
             objects: Arc::new(ObjScope::none()),
+            queues: Arc::new(QueueScope::none()),
+            hop: AtomicU32::new(0),
         }
     }
 
@@ -139,6 +152,17 @@ impl Channel {
     pub(crate) fn with_objects(mut self, scope: Arc<ObjScope>) -> Channel {
         self.objects = scope;
         self
+    }
+
+    /// Lets the worker publish to the queues of `scope` (none by default).
+    pub(crate) fn with_queues(mut self, scope: Arc<QueueScope>) -> Channel {
+        self.queues = scope;
+        self
+    }
+
+    /// The trigger hop count of the invocation in flight (of the last one handed out).
+    fn hop(&self) -> u32 {
+        self.hop.load(Ordering::Relaxed)
     }
 
     fn take_current(&self, id: &str) -> Option<oneshot::Sender<Reply>> {
@@ -185,7 +209,7 @@ type ApiResponse = Response<Full<Bytes>>;
 /// Sends object storage requests to their API, whose answers may stream; the rest is buffered.
 async fn route(channel: &Channel, req: Request<Incoming>) -> Response<ObjBody> {
     if req.uri().path().starts_with(objects::PREFIX) {
-        return objects::handle(&channel.objects, req).await;
+        return objects::handle(&channel.objects, channel.hop(), req).await;
     }
     handle(channel, req).await.map(Either::Left)
 }
@@ -194,6 +218,9 @@ async fn handle(channel: &Channel, req: Request<Incoming>) -> ApiResponse {
     let path = req.uri().path().to_owned();
     if path.starts_with(kv::PREFIX) {
         return kv::handle(&channel.kv, req).await;
+    }
+    if path.starts_with(queues::PREFIX) {
+        return queues::handle(&channel.queues, channel.hop(), req).await;
     }
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return not_found(&path);
@@ -251,6 +278,7 @@ async fn next(channel: &Channel) -> ApiResponse {
     );
     insert(headers, "lambda-runtime-invoked-function-arn", &job.arn);
     insert(headers, "lambda-runtime-trace-id", &job.trace_id);
+    channel.hop.store(job.hop, Ordering::Relaxed);
     *channel.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Current {
         id: job.request_id,
         reply: job.reply,

@@ -57,6 +57,7 @@ async fn run(
         None => invocation.is_some_and(|i| i.meta().trigger == "http"),
     };
     let source_ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    let hop = crate::host::hop_of(request.headers());
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -115,6 +116,7 @@ async fn run(
         arn: Arc::clone(&function.arn),
         trace_id: env::trace_id(now),
         payload,
+        hop,
         reply,
     };
     let mut status = lease.worker().channel.status.subscribe();

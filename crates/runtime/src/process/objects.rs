@@ -7,8 +7,9 @@
 //! from the path, so `a%2Fb` and `a/b` both name the key `a/b`. Bodies stream both ways: a
 //! `PUT` goes chunk by chunk into a [`PendingPut`] on the blocking pool, a `GET` is read from
 //! the object's file in chunks as the worker takes them, so an object of gigabytes never sits
-//! in memory. Errors are Nubo's JSON errors `{"error":{"code","message"}}`. `docs/objects.md`
-//! documents it for function authors.
+//! in memory. Puts and deletes carry the trigger hop count of the worker's invocation in flight,
+//! so the object events they cause run one hop further. Errors are Nubo's JSON errors
+//! `{"error":{"code","message"}}`. `docs/objects.md` documents it for function authors.
 
 use super::kv::{Failure, Query, bytes_response, decode, json_response};
 use bytes::Bytes;
@@ -100,15 +101,15 @@ enum Op {
     List,
 }
 
-/// Serves one request whose path starts with [`PREFIX`].
-pub(crate) async fn handle(scope: &ObjScope, req: Request<Incoming>) -> ObjResponse {
-    match serve(scope, req).await {
+/// Serves one request whose path starts with [`PREFIX`]; its writes and deletes carry `hop`.
+pub(crate) async fn handle(scope: &ObjScope, hop: u32, req: Request<Incoming>) -> ObjResponse {
+    match serve(scope, hop, req).await {
         Ok(response) => response,
         Err(e) => e.into_response().map(Either::Left),
     }
 }
 
-async fn serve(scope: &ObjScope, req: Request<Incoming>) -> Result<ObjResponse, Failure> {
+async fn serve(scope: &ObjScope, hop: u32, req: Request<Incoming>) -> Result<ObjResponse, Failure> {
     let (bucket, op) = parse(req.method(), req.uri().path())?;
     if !scope.bound.contains(&bucket) {
         return Err(not_bound(scope, &bucket));
@@ -141,11 +142,11 @@ async fn serve(scope: &ObjScope, req: Request<Incoming>) -> Result<ObjResponse, 
         }
         Op::Put(key) => {
             query.only(&[])?;
-            put(objects, bucket, key, req).await
+            put(objects, bucket, key, hop, req).await
         }
         Op::Delete(key) => {
             query.only(&[])?;
-            blocking(move || objects.delete(&bucket, &key)).await?;
+            blocking(move || objects.delete_at_hop(&bucket, &key, hop)).await?;
             Ok(buffered(StatusCode::NO_CONTENT, Bytes::new()))
         }
         Op::List => {
@@ -259,9 +260,10 @@ async fn put(
     objects: Objects,
     bucket: String,
     key: String,
+    hop: u32,
     req: Request<Incoming>,
 ) -> Result<ObjResponse, Failure> {
-    let opts = put_options(req.headers())?;
+    let opts = put_options(req.headers(), hop)?;
     validate_key(&key).map_err(failure)?;
     validate_options(&opts).map_err(failure)?;
     let declared = req
@@ -344,8 +346,9 @@ enum Piece {
     End,
 }
 
-/// The content type and `x-nubo-meta-*` headers of a request, as put options.
-fn put_options(headers: &HeaderMap) -> Result<PutOptions, Failure> {
+/// The content type and `x-nubo-meta-*` headers of a request, as put options at trigger hop
+/// `hop`.
+fn put_options(headers: &HeaderMap, hop: u32) -> Result<PutOptions, Failure> {
     let text = |name: &str, v: &HeaderValue| {
         v.to_str().map(str::to_owned).map_err(|_| {
             Failure::new(
@@ -367,6 +370,7 @@ fn put_options(headers: &HeaderMap) -> Result<PutOptions, Failure> {
     Ok(PutOptions {
         content_type,
         user_metadata,
+        hop,
     })
 }
 
@@ -625,7 +629,7 @@ impl Body for ObjectStream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn op(method: &Method, path: &str) -> Result<(String, Op), ErrorCode> {
@@ -709,7 +713,7 @@ mod tests {
     }
 
     /// The API served by a real worker Runtime API server over loopback, on a real store.
-    mod served {
+    pub(in crate::process) mod served {
         use crate::process::api::{self, Channel, Job};
         use bytes::Bytes;
         use http_body_util::{BodyExt, Full};
@@ -761,7 +765,8 @@ mod tests {
             }
         }
 
-        async fn call(
+        /// One request to the worker-side API at `addr`: status, headers, body.
+        pub(in crate::process) async fn call(
             addr: std::net::SocketAddr,
             method: &str,
             path: &str,

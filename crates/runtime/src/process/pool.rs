@@ -10,6 +10,7 @@ use super::api::{self, Channel, Job, Status};
 use super::egress;
 use super::kv::KvScope;
 use super::objects::ObjScope;
+use super::queues::QueueScope;
 use crate::limits::{FunctionLimit, InstanceGuard};
 use crate::sandbox::{Exit, SandboxPolicy, Sandboxed, WorkerSpec};
 use nubo_core::{FunctionTarget, InvokeError};
@@ -57,6 +58,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) kv: Arc<KvScope>,
     /// The buckets its workers may reach (the function's `buckets` bindings).
     pub(crate) objects: Arc<ObjScope>,
+    /// The queues its workers may publish to (the function's `queues` bindings).
+    pub(crate) queues: Arc<QueueScope>,
     /// The secrets its `env` names, put in each worker's environment at spawn.
     pub(crate) secrets: Option<Arc<crate::secrets::SecretEnv>>,
 }
@@ -286,7 +289,8 @@ impl Pool {
         let channel = Arc::new(
             Channel::new(receiver, spawned)
                 .with_kv(Arc::clone(&config.kv))
-                .with_objects(Arc::clone(&config.objects)),
+                .with_objects(Arc::clone(&config.objects))
+                .with_queues(Arc::clone(&config.queues)),
         );
         let mut logs = LogSink::new(&config.target, &id);
         logs.mask = secrets

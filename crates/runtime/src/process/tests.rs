@@ -85,6 +85,7 @@ fn job(id: &str, payload: &'static str) -> (Job, oneshot::Receiver<Reply>) {
         trace_id: "Root=1-00000000-000000000000000000000000;Parent=0000000000000000;Sampled=0"
             .into(),
         payload: Bytes::from_static(payload.as_bytes()),
+        hop: 0,
         reply,
     };
     (job, replied)

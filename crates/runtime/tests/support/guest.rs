@@ -61,6 +61,7 @@ pub fn spec(memory: u64, timeout_ms: u64, env: &[(&str, &str)]) -> FunctionSpec 
         process: Default::default(),
         kv: Vec::new(),
         buckets: Vec::new(),
+        queues: Vec::new(),
         secret_env: Default::default(),
         allowed_hosts: Vec::new(),
     }

@@ -15,6 +15,11 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
             .map(Hidden),
         drain_timeout: args.drain_timeout,
         keep_revisions: args.keep_revisions,
+        retention: nubo_store::Retention {
+            max_invocations: args.keep_records,
+            max_log_lines: args.keep_log_lines,
+            max_age: args.keep_for,
+        },
         max_concurrency: args.max_concurrency,
         max_async_queue: args.max_async_queue,
         sandbox: args.sandbox,
@@ -28,6 +33,7 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
             .ok()
             .filter(|k| !k.is_empty())
             .map(Hidden),
+        metrics_labels: args.metrics_labels.parse().unwrap_or_default(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::error::db;
 use crate::{Store, StoreError, time};
-use nubo_core::api::v1::{InvocationRecord, LogLine};
+use nubo_core::api::v1::{InvocationRecord, LogFilter, LogLine};
 use nubo_telemetry::FinishedInvocation;
 use rusqlite::{OptionalExtension, params};
 use std::time::SystemTime;
@@ -38,7 +38,35 @@ const INVOCATION_COLUMNS: &str = "id, app, function, revision, trigger, started_
      duration_us, outcome, status, cold, bytes_in, bytes_out, logs_truncated, init_ms, \
      outbound_requests, outbound_bytes_out, outbound_bytes_in";
 
-const LOG_COLUMNS: &str = "cursor, invocation_id, app, function, time_us, stream, line";
+const LOG_COLUMNS: &str = "cursor, invocation_id, app, function, time_us, stream, line, level";
+
+/// The level of a log line written as a JSON object with a `level`, `severity` or `lvl` string
+/// field (the first present wins), normalized by [`nubo_telemetry::normalize_level`]; `None`
+/// for any other line. The record writer calls it, off the request path: parsing JSON costs
+/// more than capturing the line did.
+pub fn detect_level(line: &str) -> Option<&'static str> {
+    let trimmed = line.trim();
+    if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
+        return None;
+    }
+    let serde_json::Value::Object(obj) = serde_json::from_str(trimmed).ok()? else {
+        return None;
+    };
+    ["level", "severity", "lvl"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(serde_json::Value::as_str))
+        .and_then(nubo_telemetry::normalize_level)
+}
+
+/// The levels at or above `min`, by [`nubo_telemetry::LOG_LEVELS`]; empty when `min` is not
+/// a level name (callers check the name first and answer a clear error).
+fn levels_from(min: &str) -> &'static [&'static str] {
+    let levels = &nubo_telemetry::LOG_LEVELS;
+    match nubo_telemetry::normalize_level(min).and_then(|m| levels.iter().position(|l| *l == m)) {
+        Some(at) => &levels[at..],
+        None => &[],
+    }
+}
 
 /// SQLite integers are signed; the writer clamps on the way in, so this only maps back.
 fn unsigned(v: i64) -> u64 {
@@ -83,6 +111,8 @@ fn log_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, LogLine)> {
             time: time::format_micros(row.get(4)?),
             stream: row.get(5)?,
             line: row.get(6)?,
+            level: row.get(7)?,
+            cursor: Some(row.get(0)?),
         },
     ))
 }
@@ -227,5 +257,212 @@ impl Store {
                 }),
         };
         rows.map_err(db(doing))
+    }
+
+    /// Log lines of `app` that pass `filter`, written at or after `since` and after the line
+    /// with cursor `after_cursor` when given; oldest first, at most `limit` (and never more
+    /// than [`MAX_QUERY_ROWS`]), each with its cursor.
+    ///
+    /// A `level` that names no level matches no line. Every condition is SQL: the cursor-ordered indexes (by invocation, by function, by
+    /// app) bound the scan, and `grep` is a case-sensitive substring match (`instr`).
+    pub fn search_logs(
+        &self,
+        app: &str,
+        filter: &LogFilter,
+        since: SystemTime,
+        after_cursor: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, LogLine)>, StoreError> {
+        use rusqlite::types::Value;
+        let mut sql = format!(
+            "SELECT {LOG_COLUMNS} FROM logs WHERE app = ?1 AND cursor > ?2 AND time_us >= ?3"
+        );
+        let mut args: Vec<Value> = vec![
+            Value::Text(app.to_string()),
+            Value::Integer(after_cursor.unwrap_or(0)),
+            Value::Integer(time::to_micros(since)),
+        ];
+        let mut push = |sql: &mut String, clause: &str, value: Value| {
+            args.push(value);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        };
+        if let Some(f) = &filter.function {
+            push(&mut sql, "function =", Value::Text(f.clone()));
+        }
+        if let Some(id) = &filter.invocation {
+            push(&mut sql, "invocation_id =", Value::Text(id.clone()));
+        }
+        if let Some(text) = filter.grep.as_deref().filter(|t| !t.is_empty()) {
+            push(&mut sql, "instr(line,", Value::Text(text.to_string()));
+            sql.push_str(") > 0");
+        }
+        if let Some(min) = &filter.level {
+            let levels = levels_from(min);
+            if levels.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push_str(" AND level IN (");
+            for (i, level) in levels.iter().enumerate() {
+                args.push(Value::Text((*level).to_string()));
+                sql.push_str(&format!("{}?{}", if i > 0 { ", " } else { "" }, args.len()));
+            }
+            sql.push(')');
+        }
+        args.push(Value::Integer(limit_sql(limit)));
+        sql.push_str(&format!(" ORDER BY cursor LIMIT ?{}", args.len()));
+        self.reader()
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_map(rusqlite::params_from_iter(args), log_row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(db("searching logs"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nubo_core::{InvocationId, Outcome};
+    use nubo_telemetry::{InvocationMeta, LogEntry, Stream};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn finished(function: &str, lines: &[&str]) -> FinishedInvocation {
+        let started_at = UNIX_EPOCH + Duration::from_secs(1_000);
+        FinishedInvocation {
+            meta: InvocationMeta {
+                id: InvocationId::new(),
+                app: "shop".into(),
+                function: function.into(),
+                revision: 1,
+                trigger: "http",
+            },
+            started_at,
+            duration: Duration::from_micros(10),
+            outcome: Outcome::Ok,
+            status: Some(200),
+            cold: false,
+            init_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            outbound_requests: 0,
+            outbound_bytes_out: 0,
+            outbound_bytes_in: 0,
+            logs: lines
+                .iter()
+                .map(|line| LogEntry {
+                    time: started_at,
+                    stream: Stream::Stdout,
+                    line: line.to_string(),
+                })
+                .collect(),
+            logs_truncated: false,
+        }
+    }
+
+    #[test]
+    fn levels_are_read_from_json_lines_only() {
+        assert_eq!(
+            detect_level(r#"{"level":"ERROR","msg":"x"}"#),
+            Some("error")
+        );
+        assert_eq!(detect_level(r#" {"severity":"Warning"} "#), Some("warn"));
+        assert_eq!(detect_level(r#"{"lvl":"dbg"}"#), Some("debug"));
+        assert_eq!(detect_level(r#"{"level":3}"#), None);
+        assert_eq!(detect_level(r#"{"level":"loud"}"#), None);
+        assert_eq!(detect_level(r#"["level","error"]"#), None);
+        assert_eq!(detect_level("level=error plain text"), None);
+        assert_eq!(detect_level("{not json}"), None);
+    }
+
+    #[test]
+    fn search_applies_every_filter_in_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let writer = store.spawn_record_writer(rx).unwrap();
+        let api = finished(
+            "api",
+            &[
+                r#"{"level":"error","msg":"db down"}"#,
+                "plain db line",
+                r#"{"level":"info","msg":"ok"}"#,
+            ],
+        );
+        let api_id = api.meta.id.to_string();
+        tx.send(api).unwrap();
+        tx.send(finished("web", &[r#"{"severity":"WARN","msg":"slow DB"}"#]))
+            .unwrap();
+        writer.shutdown();
+
+        let search = |filter: LogFilter, after: Option<i64>| -> Vec<String> {
+            store
+                .search_logs("shop", &filter, UNIX_EPOCH, after, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(c, l)| {
+                    assert_eq!(l.cursor, Some(c));
+                    l.line
+                })
+                .collect()
+        };
+        let filter = |f: fn(&mut LogFilter)| {
+            let mut filter = LogFilter::default();
+            f(&mut filter);
+            filter
+        };
+        assert_eq!(search(LogFilter::default(), None).len(), 4);
+        assert_eq!(
+            search(filter(|f| f.grep = Some("db".into())), None),
+            [r#"{"level":"error","msg":"db down"}"#, "plain db line"]
+        );
+        assert_eq!(
+            search(filter(|f| f.level = Some("warn".into())), None),
+            [
+                r#"{"level":"error","msg":"db down"}"#,
+                r#"{"severity":"WARN","msg":"slow DB"}"#
+            ]
+        );
+        assert_eq!(
+            search(filter(|f| f.level = Some("trace".into())), None).len(),
+            3,
+            "lines without a level are left out"
+        );
+        assert!(search(filter(|f| f.level = Some("loud".into())), None).is_empty());
+        assert_eq!(
+            search(filter(|f| f.function = Some("web".into())), None).len(),
+            1
+        );
+        let mut by_id = LogFilter {
+            invocation: Some(api_id),
+            ..LogFilter::default()
+        };
+        assert_eq!(search(by_id.clone(), None).len(), 3);
+        by_id.grep = Some("ok".into());
+        assert_eq!(search(by_id, None), [r#"{"level":"info","msg":"ok"}"#]);
+        let all = store
+            .search_logs("shop", &LogFilter::default(), UNIX_EPOCH, None, 2)
+            .unwrap();
+        assert_eq!(all.len(), 2, "limit");
+        assert_eq!(
+            search(LogFilter::default(), Some(all[1].0)).len(),
+            2,
+            "after"
+        );
+        let levels: Vec<Option<String>> = store
+            .search_logs("shop", &LogFilter::default(), UNIX_EPOCH, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l.level)
+            .collect();
+        assert_eq!(
+            levels,
+            [
+                Some("error".into()),
+                None,
+                Some("info".into()),
+                Some("warn".into())
+            ]
+        );
     }
 }

@@ -6,11 +6,11 @@
 //! with its own connection (`synchronous=NORMAL`: records are telemetry, and a power loss may
 //! cost the last moments of them but never corrupts the database).
 
-use crate::records::invocation_record;
+use crate::records::{detect_level, invocation_record};
 use crate::{Durability, Store, StoreError, time};
 use nubo_core::api::v1::{InvocationRecord, LogLine};
 use nubo_telemetry::FinishedInvocation;
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -48,13 +48,16 @@ pub const BROADCAST_CAPACITY: usize = 1024;
 /// spread out instead of running on every batch.
 const PRUNE_FRACTION: u64 = 100;
 
-/// How many records and log lines the writer keeps.
+/// How many records and log lines the writer keeps, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Most invocation records kept.
     pub max_invocations: u64,
     /// Most log lines kept.
     pub max_log_lines: u64,
+    /// Records and log lines older than this are pruned (`None`: kept until the counts
+    /// above push them out).
+    pub max_age: Option<Duration>,
 }
 
 impl Default for Retention {
@@ -62,9 +65,23 @@ impl Default for Retention {
         Retention {
             max_invocations: MAX_INVOCATION_ROWS,
             max_log_lines: MAX_LOG_ROWS,
+            max_age: None,
         }
     }
 }
+
+impl Retention {
+    /// How often an age limit is applied while no records arrive: a tenth of the age, between
+    /// 1 s and a minute.
+    fn age_check_every(&self) -> Option<Duration> {
+        self.max_age
+            .map(|age| (age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
+    }
+}
+
+/// Rows deleted per statement when pruning by age, so one prune never holds the write lock
+/// long (a deploy or a record batch waits behind it).
+const AGE_PRUNE_CHUNK: i64 = 5_000;
 
 /// An invocation as committed to the database: its record, and its log lines with the cursors
 /// they were stored under. Sent to followers after the transaction commits, so a follower that
@@ -187,6 +204,7 @@ impl Store {
             followers: followers.clone(),
             retention,
             since_prune: (0, 0),
+            last_prune: std::time::Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("nubo-records".into())
@@ -210,6 +228,8 @@ struct Worker {
     retention: Retention,
     /// Invocations and log lines written since the last prune.
     since_prune: (u64, u64),
+    /// When the last prune ran (an age limit is applied at least this often).
+    last_prune: std::time::Instant,
 }
 
 impl Worker {
@@ -218,11 +238,14 @@ impl Worker {
         self.prune();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while self.next_batch(&mut batch) {
-            self.write(&batch);
-            batch.clear();
+            if !batch.is_empty() {
+                self.write(&batch);
+                batch.clear();
+            }
             let (invocations, lines) = self.since_prune;
             if invocations >= (self.retention.max_invocations / PRUNE_FRACTION).max(1)
                 || lines >= (self.retention.max_log_lines / PRUNE_FRACTION).max(1)
+                || self.age_prune_due()
             {
                 self.prune();
             }
@@ -254,6 +277,9 @@ impl Worker {
                     batch.push(first);
                     break;
                 }
+                // Idle: come back empty-handed when an age limit is due, so old rows go even
+                // when nothing new arrives.
+                Err(RecvTimeoutError::Timeout) if self.age_prune_due() => return true,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
@@ -312,7 +338,15 @@ impl Worker {
         }
     }
 
+    /// Whether the age limit (if any) should be applied now.
+    fn age_prune_due(&self) -> bool {
+        self.retention
+            .age_check_every()
+            .is_some_and(|every| self.last_prune.elapsed() >= every)
+    }
+
     fn prune(&mut self) {
+        self.last_prune = std::time::Instant::now();
         match prune(&self.conn, self.retention) {
             Ok((invocations, lines)) => {
                 if invocations + lines > 0 {
@@ -348,8 +382,8 @@ fn write_batch(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         let mut insert_log = tx.prepare_cached(
-            "INSERT INTO logs (invocation_id, app, function, time_us, stream, line)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO logs (invocation_id, app, function, time_us, stream, line, level)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for fin in batch {
             let record = invocation_record(fin);
@@ -373,8 +407,15 @@ fn write_batch(
                 signed(record.outbound_bytes_in),
             ])?;
             let mut logs = Vec::with_capacity(fin.logs.len());
-            for entry in &fin.logs {
+            for (i, entry) in fin.logs.iter().enumerate() {
                 let stream = entry.stream.as_str();
+                // The cut notice (the last line of a cut capture) is Nubo's own warning; a
+                // function's lines name their level.
+                let level = if fin.logs_truncated && i + 1 == fin.logs.len() {
+                    Some("warn")
+                } else {
+                    detect_level(&entry.line)
+                };
                 insert_log.execute(params![
                     record.id,
                     record.app,
@@ -382,12 +423,14 @@ fn write_batch(
                     time::to_micros(entry.time),
                     stream,
                     entry.line,
+                    level,
                 ])?;
                 if !collect {
                     continue;
                 }
+                let cursor = tx.last_insert_rowid();
                 logs.push((
-                    tx.last_insert_rowid(),
+                    cursor,
                     LogLine {
                         invocation_id: record.id.clone(),
                         app: record.app.clone(),
@@ -395,6 +438,8 @@ fn write_batch(
                         time: time::format_rfc3339(entry.time),
                         stream: stream.to_string(),
                         line: entry.line.clone(),
+                        level: level.map(str::to_string),
+                        cursor: Some(cursor),
                     },
                 ));
             }
@@ -419,5 +464,47 @@ fn prune(conn: &Connection, retention: Retention) -> rusqlite::Result<(usize, us
         "DELETE FROM logs WHERE cursor <= (SELECT MAX(cursor) FROM logs) - ?1",
         [signed(retention.max_log_lines)],
     )?;
-    Ok((invocations, lines))
+    let (old_invocations, old_lines) = match retention.max_age {
+        Some(age) => prune_older(conn, age)?,
+        None => (0, 0),
+    };
+    Ok((invocations + old_invocations, lines + old_lines))
+}
+
+/// Deletes records and log lines older than `age`, oldest first in chunks. Rows are appended
+/// roughly in time order, so a look at the oldest row says whether there is anything to do
+/// without scanning the table.
+fn prune_older(conn: &Connection, age: Duration) -> rusqlite::Result<(usize, usize)> {
+    let cutoff = time::to_micros(std::time::SystemTime::now())
+        .saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX));
+    let mut total = (0, 0);
+    for (table, key, time, count) in [
+        ("invocations", "seq", "started_at_us", &mut total.0),
+        ("logs", "cursor", "time_us", &mut total.1),
+    ] {
+        loop {
+            let oldest: Option<i64> = conn
+                .query_row(
+                    &format!("SELECT {time} FROM {table} ORDER BY {key} LIMIT 1"),
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if oldest.is_none_or(|t| t >= cutoff) {
+                break;
+            }
+            let n = conn.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE {key} IN \
+                     (SELECT {key} FROM {table} WHERE {time} < ?1 ORDER BY {key} LIMIT ?2)"
+                ),
+                rusqlite::params![cutoff, AGE_PRUNE_CHUNK],
+            )?;
+            *count += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(total)
 }

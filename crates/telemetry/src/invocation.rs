@@ -101,6 +101,8 @@ pub struct RecordSinkStats {
 pub struct RecordSink {
     tx: SyncSender<FinishedInvocation>,
     stats: Arc<RecordSinkStats>,
+    /// Counts every finished invocation, written or dropped.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl RecordSink {
@@ -109,7 +111,17 @@ impl RecordSink {
         &self.stats
     }
 
+    /// The same sink, also counting each finished invocation in `metrics` (before the record
+    /// is offered to the writer, so dropped records are counted too).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     fn offer(&self, rec: FinishedInvocation) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&rec);
+        }
         match self.tx.try_send(rec) {
             Ok(()) => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -128,9 +140,51 @@ pub fn record_channel(capacity: usize) -> (RecordSink, Receiver<FinishedInvocati
         RecordSink {
             tx,
             stats: Arc::default(),
+            metrics: None,
         },
         rx,
     )
+}
+
+/// Log levels a line can carry, least severe first: the order `--level` filters by.
+pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// Maps the level names of common logging libraries (`WARNING`, `err`, `fatal`, `Information`
+/// …) to one of [`LOG_LEVELS`], ignoring case; `None` when the name is not a level.
+pub fn normalize_level(name: &str) -> Option<&'static str> {
+    let level = match name.trim().to_ascii_lowercase().as_str() {
+        "trace" | "trc" | "verbose" => "trace",
+        "debug" | "dbg" => "debug",
+        "info" | "inf" | "information" | "notice" => "info",
+        "warn" | "warning" | "wrn" => "warn",
+        "error" | "err" | "fatal" | "critical" | "crit" | "alert" | "emergency" | "panic" => {
+            "error"
+        }
+        _ => return None,
+    };
+    Some(level)
+}
+
+/// The marker that replaces the cut notice once the invocation is over and the number of
+/// dropped lines is known.
+fn dropped_marker(dropped: u64, id: &InvocationId) -> String {
+    format!(
+        "[nubo] {dropped} lines of invocation {id} were dropped (the {} lines / {} KiB cap)",
+        thousands(limits::MAX_LOG_LINES_PER_INVOCATION),
+        limits::MAX_LOG_BYTES_PER_INVOCATION / 1024
+    )
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +192,8 @@ struct LogBuf {
     entries: Vec<LogEntry>,
     bytes: usize,
     truncated: bool,
+    /// Lines not kept once the cap was reached (the one that crossed it included).
+    dropped: u64,
     partial: [Vec<u8>; 2],
     /// Secret values replaced by `[secret]` in every line.
     mask: Option<Arc<crate::mask::LogMask>>,
@@ -146,12 +202,14 @@ struct LogBuf {
 impl LogBuf {
     fn push_line(&mut self, stream: Stream, mut line: &[u8]) {
         if self.truncated {
+            self.dropped += 1;
             return;
         }
         if self.entries.len() >= limits::MAX_LOG_LINES_PER_INVOCATION
             || self.bytes + line.len() > limits::MAX_LOG_BYTES_PER_INVOCATION
         {
             self.truncated = true;
+            self.dropped = 1;
             self.entries.push(LogEntry {
                 time: SystemTime::now(),
                 stream,
@@ -192,7 +250,12 @@ impl LogBuf {
             }
             rest = &tail[1..];
         }
-        if !rest.is_empty() && !self.truncated {
+        if !rest.is_empty() && self.truncated {
+            // A partial line after the cap is a dropped line too; count it once.
+            if self.partial[idx].is_empty() {
+                self.partial[idx].push(b'\n');
+            }
+        } else if !rest.is_empty() {
             let room = limits::MAX_LOG_LINE_BYTES.saturating_sub(self.partial[idx].len());
             self.partial[idx].extend_from_slice(&rest[..rest.len().min(room)]);
             if self.partial[idx].len() >= limits::MAX_LOG_LINE_BYTES {
@@ -202,12 +265,19 @@ impl LogBuf {
         }
     }
 
-    fn flush(&mut self) {
+    /// Ends the capture: pushes unfinished lines and, when output was cut, rewrites the cut
+    /// notice (the last entry) to say how many lines of invocation `id` were dropped.
+    fn flush(&mut self, id: &InvocationId) {
         for stream in [Stream::Stdout, Stream::Stderr] {
             let line = std::mem::take(&mut self.partial[stream as usize]);
             if !line.is_empty() {
                 self.push_line(stream, &line);
             }
+        }
+        if self.truncated
+            && let Some(marker) = self.entries.last_mut()
+        {
+            marker.line = dropped_marker(self.dropped, id);
         }
     }
 }
@@ -389,7 +459,7 @@ impl Drop for Inner {
             s => Some(s),
         };
         let logs = self.logs.get_mut().unwrap_or_else(|e| e.into_inner());
-        logs.flush();
+        logs.flush(&self.meta.id);
         let rec = FinishedInvocation {
             meta: self.meta.clone(),
             started_at: self.started_at,
@@ -475,8 +545,46 @@ mod tests {
         let rec = rx.try_recv().unwrap();
         assert!(rec.logs_truncated);
         assert_eq!(rec.logs.len(), limits::MAX_LOG_LINES_PER_INVOCATION + 1);
-        assert!(rec.logs.last().unwrap().line.contains("log output cut"));
+        let marker = &rec.logs.last().unwrap().line;
+        assert_eq!(
+            *marker,
+            format!(
+                "[nubo] 50 lines of invocation {} were dropped (the 1,000 lines / 64 KiB cap)",
+                rec.meta.id
+            )
+        );
         assert_eq!(rec.outcome, Outcome::Cancelled);
+    }
+
+    #[test]
+    fn an_unfinished_line_after_the_cap_counts_as_one_dropped_line() {
+        let (sink, rx) = record_channel(4);
+        let inv = Invocation::start(meta(), &sink);
+        for _ in 0..limits::MAX_LOG_LINES_PER_INVOCATION {
+            inv.write_log(Stream::Stdout, b"kept\n");
+        }
+        inv.write_log(Stream::Stdout, b"cut\npart");
+        inv.write_log(Stream::Stdout, b"ial");
+        drop(inv);
+        let rec = rx.try_recv().unwrap();
+        let marker = &rec.logs.last().unwrap().line;
+        assert!(
+            marker.starts_with("[nubo] 2 lines of invocation"),
+            "{marker}"
+        );
+    }
+
+    #[test]
+    fn level_names_are_normalized() {
+        assert_eq!(normalize_level("WARNING"), Some("warn"));
+        assert_eq!(normalize_level("Err"), Some("error"));
+        assert_eq!(normalize_level("fatal"), Some("error"));
+        assert_eq!(normalize_level("information"), Some("info"));
+        assert_eq!(normalize_level("trace"), Some("trace"));
+        assert_eq!(normalize_level("loud"), None);
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 
     #[test]

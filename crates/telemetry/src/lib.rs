@@ -7,25 +7,63 @@
 
 mod invocation;
 mod mask;
+mod metrics;
 
 pub use invocation::{
-    FinishedInvocation, Invocation, InvocationMeta, LogEntry, RecordSink, RecordSinkStats, Stream,
-    record_channel,
+    FinishedInvocation, Invocation, InvocationMeta, LOG_LEVELS, LogEntry, RecordSink,
+    RecordSinkStats, Stream, normalize_level, record_channel,
 };
 pub use mask::{LogMask, MIN_MASKED_BYTES};
+pub use metrics::{
+    Exposition, FunctionGauges, Gauges, Metrics, MetricsLabels, Scope, TriggerGauges,
+    resident_memory_bytes,
+};
 
-/// Installs the global tracing subscriber: human-readable lines on stderr, filtered by
-/// `NUBO_LOG` (e.g. `NUBO_LOG=debug`), defaulting to `default_level`.
-pub fn init_tracing(default_level: &str) {
+/// How the server writes its own log (tracing) lines to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `spans`), for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format \"{other}\"; use \"text\" or \"json\""
+            )),
+        }
+    }
+}
+
+/// Installs the global tracing subscriber: lines on stderr in `format`, filtered by
+/// `NUBO_LOG` (e.g. `NUBO_LOG=debug`), defaulting to `default_level`. A second call does
+/// nothing.
+pub fn init_tracing(default_level: &str, format: LogFormat) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("NUBO_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("{default_level},wasmtime=warn,cranelift=warn"))
     });
-    use std::io::IsTerminal as _;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .with_current_span(false)
+            .try_init(),
+    };
 }

@@ -9,6 +9,8 @@
 //! - `GET …/sleep?ms=N`: waits N ms (a host timer, not a busy loop), then answers `slept N ms`.
 //! - `GET …/logs?n=N`: prints `line 0` … `line N-1` to stdout and `stderr line` to stderr, then
 //!   answers `logged N`.
+//! - `GET …/jsonlog?level=L`: prints `{"level":"L","msg":"json line"}` and `plain line` to
+//!   stdout (a structured line with level L, and one without a level), then answers `ok`.
 //! - `… …/flaky?fail=N` (any method): prints `flaky attempt A` (A from the `nubo-async-attempt`
 //!   header, 0 when absent) and answers 500 `failing attempt A` while A ≤ N, else 200
 //!   `succeeded on attempt A`: a function that fails its first N async attempts.
@@ -85,6 +87,17 @@ impl wasi::exports::http::incoming_handler::Guest for Echo {
                 (200, format!("succeeded on attempt {attempt}"))
             };
             respond_with_status(response_out, headers, status, text.as_bytes());
+        } else if is_get && route.ends_with("/jsonlog") {
+            headers.push(("content-type".into(), b"text/plain".to_vec()));
+            let level: String = query_str(&path, "level")
+                .unwrap_or("info")
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect();
+            println!(r#"{{"level":"{level}","msg":"json line"}}"#);
+            println!("plain line");
+            let _ = std::io::stdout().flush();
+            stream_response(response_out, headers, |out| write_chunk(out, b"ok\n"));
         } else if is_get && route.ends_with("/logs") {
             headers.push(("content-type".into(), b"text/plain".to_vec()));
             let n = query_u64(&path, "n").unwrap_or(1);
@@ -160,6 +173,15 @@ fn respond_with_status(response_out: ResponseOutparam, headers: Vec<(String, Vec
 fn write_chunk(out: &mut OutputStream, bytes: &[u8]) -> Result<(), String> {
     out.write_all(bytes).map_err(|e| format!("writing the response failed: {e}"))?;
     out.flush().map_err(|e| format!("flushing the response failed: {e}"))
+}
+
+/// The value of `name` in the query string, as it appears there.
+fn query_str<'a>(path_with_query: &'a str, name: &str) -> Option<&'a str> {
+    let query = path_with_query.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
 }
 
 /// The value of `name` in the query string, as a number.

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use nubo_telemetry::{Invocation, Stream};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
@@ -81,11 +82,16 @@ impl Host {
     /// `memory_limit` bytes of linear memory and `ticks` epoch ticks of time (`timeout` of wall
     /// time), reaching what `bindings` binds: key-value stores, buckets, queues and the hosts
     /// its egress allows. Its object writes and queue publishes carry `hop`. Output goes to
-    /// `invocation`'s logs.
+    /// `invocation`'s logs. The instance's linear memory is counted in `held` while it lives.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site, each argument named there"
+    )]
     pub(crate) fn new(
         invocation: Option<&Invocation>,
         env: &[(String, String)],
         memory_limit: u64,
+        held: &Arc<AtomicU64>,
         ticks: u64,
         timeout: Duration,
         bindings: &Bindings,
@@ -118,7 +124,7 @@ impl Host {
             hooks: Hooks {
                 outbound: OutboundCtx::new(bindings.egress.clone(), invocation, timeout),
             },
-            limiter: MemoryLimiter::new(memory_limit),
+            limiter: MemoryLimiter::new(memory_limit, Arc::clone(held)),
             ticks_left: ticks,
             config: Arc::default(),
         }
@@ -168,19 +174,38 @@ impl WasiHttpView for Host {
 
 /// Enforces a function's `memory` on the sum of its linear memories, and remembers that it
 /// refused to grow one so the trap that usually follows is reported as a memory limit.
+///
+/// Wasmtime asks it for every memory an instance creates (from 0 to the initial size) and for
+/// every growth after, so `used` is the instance's whole linear memory. Wasm memories never
+/// shrink: `used` at the end of an invocation is also its peak.
 pub(crate) struct MemoryLimiter {
     limit: usize,
     used: usize,
     pub(crate) hit: bool,
+    /// The runtime's count of linear memory held by live instances, this one's `used`
+    /// included until it is dropped (with its store).
+    held: Arc<AtomicU64>,
 }
 
 impl MemoryLimiter {
-    fn new(limit: u64) -> MemoryLimiter {
+    fn new(limit: u64, held: Arc<AtomicU64>) -> MemoryLimiter {
         MemoryLimiter {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             used: 0,
             hit: false,
+            held,
         }
+    }
+
+    /// Bytes of linear memory the instance holds: its peak so far.
+    pub(crate) fn used(&self) -> u64 {
+        self.used as u64
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.used as u64, Ordering::Relaxed);
     }
 }
 
@@ -198,6 +223,9 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        // Memories only grow, so `used` does too.
+        self.held
+            .fetch_add(used.saturating_sub(self.used) as u64, Ordering::Relaxed);
         self.used = used;
         Ok(true)
     }

@@ -19,9 +19,11 @@
 
 mod cgroup;
 mod launcher;
+mod meter;
 mod protocol;
 
 use cgroup::{Layout, WorkerCgroup};
+pub use meter::{Meter, Reading, Usage};
 use protocol::{LaunchConfig, Report};
 use std::fmt;
 use std::io;
@@ -411,6 +413,16 @@ impl Sandboxed {
     /// Peak memory of the worker's cgroup in bytes, where measurable.
     pub fn memory_peak(&self) -> Option<u64> {
         self.cgroup.as_ref()?.memory_peak()
+    }
+
+    /// How to measure what the worker uses per invocation: through its cgroup (sandboxed),
+    /// else through its program's process. Usable after the worker is handed elsewhere.
+    pub fn meter(&self) -> Meter {
+        match (&self.cgroup, self.child.id()) {
+            (Some(cgroup), _) => Meter::cgroup(cgroup.memory_source(), cgroup.cpu_source()),
+            (None, Some(pid)) => Meter::process(pid),
+            (None, None) => Meter::default(),
+        }
     }
 
     /// Host pids of the worker's processes still alive, from its cgroup (sandboxed workers).

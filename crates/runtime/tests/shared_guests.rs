@@ -147,7 +147,13 @@ async fn loop_guest_is_stopped_at_its_timeout_and_runs_under_it() {
         result,
         Err(InvokeError::Timeout { timeout_ms: 500 })
     ));
-    assert_eq!(record(records).await.outcome, Outcome::Timeout);
+    let rec = record(records).await;
+    assert_eq!(rec.outcome, Outcome::Timeout);
+    // Spinning until stopped is CPU time, measured although the guest never returned.
+    assert!(
+        rec.cpu_time.is_some_and(|cpu| cpu > Duration::ZERO),
+        "{rec:?}"
+    );
     let (result, _) = g.get("/?ms=50").await;
     assert_eq!(text(result.expect("response")).await, "done 50\n");
 }
@@ -229,6 +235,94 @@ async fn echo_guest_streams_bodies_and_sees_its_env() {
         lines.contains(&(Stream::Stderr, "stderr line")),
         "{lines:?}"
     );
+}
+
+#[tokio::test]
+async fn records_carry_the_memory_limit_and_the_linear_memory_peak() {
+    let g = guest("membomb", spec(64 * MIB, 10_000, &[]));
+    let (result, records) = g.get("/?mb=0").await;
+    assert_eq!(text(result.expect("response")).await, "ok 0\n");
+    let baseline = record(records).await;
+    let (result, records) = g.get("/?mb=8").await;
+    assert_eq!(text(result.expect("response")).await, "ok 8\n");
+    let grown = record(records).await;
+    for rec in [&baseline, &grown] {
+        assert_eq!(rec.memory_limit_bytes, Some(64 * MIB));
+    }
+    let (base, peak) = (
+        baseline
+            .peak_memory_bytes
+            .expect("the baseline peak is measured"),
+        grown.peak_memory_bytes.expect("the peak is measured"),
+    );
+    // The initial memory counts too: even an instance that allocates nothing holds some.
+    assert!(base > 0, "{base}");
+    assert!(peak >= base + 8 * MIB, "8 MiB more: {peak} vs {base}");
+    assert!(peak <= 64 * MIB, "{peak}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_carry_the_cpu_time_spent_running_not_waiting() {
+    let busy = guest("loop", spec(64 * MIB, 10_000, &[]));
+    let (result, records) = busy.get("/?ms=200").await;
+    assert_eq!(text(result.expect("response")).await, "done 200\n");
+    let spun = record(records).await;
+    let cpu = spun.cpu_time.expect("CPU time is measured");
+    // A guest that spun 200 ms of wall time got more than a sliver of a CPU (even on a busy
+    // machine), and one thread cannot use more CPU than the wall time it ran.
+    assert!(cpu > Duration::from_millis(5), "{cpu:?}");
+    assert!(
+        cpu <= spun.duration + Duration::from_millis(20),
+        "{cpu:?} > {:?}",
+        spun.duration
+    );
+
+    let sleeper = guest("echo", spec(64 * MIB, 10_000, &[]));
+    let (result, records) = sleeper.get("/sleep?ms=300").await;
+    assert_eq!(text(result.expect("response")).await, "slept 300 ms");
+    let slept = record(records).await;
+    let cpu = slept.cpu_time.expect("CPU time is measured");
+    assert!(slept.duration >= Duration::from_millis(300));
+    assert!(
+        cpu * 4 < slept.duration,
+        "sleeping is not CPU time: {cpu:?} of {:?}",
+        slept.duration
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_instances_linear_memory_is_counted_until_they_end() {
+    let g = Arc::new(guest("echo", spec(64 * MIB, 10_000, &[])));
+    assert_eq!(g.rt.linear_memory_bytes(), 0);
+    let running = {
+        let g = Arc::clone(&g);
+        tokio::spawn(async move {
+            let (result, records) = g.get("/sleep?ms=500").await;
+            text(result.expect("response")).await;
+            record(records).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.rt.linear_memory_bytes() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sleeping instance's memory is never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let held = g.rt.linear_memory_bytes();
+    let rec = running.await.expect("the invocation task");
+    // One instance ran: the count was its memory, which can only have grown since.
+    let peak = rec.peak_memory_bytes.expect("the peak is measured");
+    assert!(peak >= held, "{peak} < {held}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.rt.linear_memory_bytes() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "an ended instance's memory is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Components from real toolchains import far more than the proxy world; they must link.

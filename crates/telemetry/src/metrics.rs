@@ -6,7 +6,8 @@
 //! truth lives elsewhere (in-flight, queued, instances, the async backlog, the dead-letter
 //! queue, trigger lag, memory) are not kept here at all: the scraper gathers a [`Gauges`]
 //! snapshot and [`Metrics::render`] writes both, so nothing costs the server anything
-//! between scrapes.
+//! between scrapes. The one exception is wasm linear memory: the runtime keeps that count in
+//! an atomic it shares with the registry ([`Metrics::track_wasm_memory`]), read at render.
 //!
 //! Label cardinality is bounded: `app`, `function` and `revision` appear only as far as
 //! [`MetricsLabels`] allows, and the other labels (`outcome`, `trigger`, `runtime`) take values
@@ -20,8 +21,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The two exposition formats `/_nubo/metrics` speaks.
@@ -215,6 +216,8 @@ pub struct Metrics {
     cold_start_duration: HistogramFamily<Scope>,
     deploys: Family<Scope, Counter>,
     store_operations: Histogram,
+    /// The wasm runtime's count of linear memory held by live instances, read at scrape time.
+    wasm_memory: OnceLock<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -278,7 +281,14 @@ impl Metrics {
             cold_start_duration,
             deploys,
             store_operations,
+            wasm_memory: OnceLock::new(),
         })
+    }
+
+    /// Exports `bytes`, the wasm runtime's count of linear memory held by live instances, as
+    /// a gauge read at each scrape. The first call counts.
+    pub fn track_wasm_memory(&self, bytes: Arc<AtomicU64>) {
+        let _ = self.wasm_memory.set(bytes);
     }
 
     /// How series are labelled.
@@ -479,6 +489,16 @@ impl Metrics {
             Unit::Seconds,
             lag_family,
         );
+        if let Some(held) = self.wasm_memory.get() {
+            let gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+            gauge.set(clamp(held.load(std::sync::atomic::Ordering::Relaxed)));
+            reg.register_with_unit(
+                "nubo_wasm_linear_memory",
+                "Linear memory held by live wasm instances",
+                Unit::Bytes,
+                gauge,
+            );
+        }
         if let Some(rss) = g.resident_memory_bytes {
             let gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
             gauge.set(clamp(rss));
@@ -580,7 +600,7 @@ pub fn resident_memory_bytes() -> Option<u64> {
 /// The page size, from the `KernelPageSize` of this process's first mapping; 4 KiB when it
 /// cannot be read.
 fn page_size() -> u64 {
-    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static PAGE: OnceLock<u64> = OnceLock::new();
     *PAGE.get_or_init(|| {
         std::fs::read_to_string("/proc/self/smaps")
             .ok()
@@ -620,6 +640,11 @@ mod tests {
             outbound_requests: 0,
             outbound_bytes_out: 0,
             outbound_bytes_in: 0,
+            memory_limit_bytes: None,
+            peak_memory_bytes: None,
+            cpu_time: None,
+            dispatched_after: None,
+            running_after: None,
             logs: Vec::new(),
             logs_truncated: false,
         }
@@ -692,6 +717,8 @@ mod tests {
         m.observe(&finished(Outcome::Trap, false));
         m.deployed("shop", 2);
         m.observe_store_operation(Duration::from_micros(300));
+        let wasm_memory = Arc::new(AtomicU64::new(3 << 20));
+        m.track_wasm_memory(Arc::clone(&wasm_memory));
         let text = m.render(&gauges(), Exposition::OpenMetrics).unwrap();
         assert!(text.ends_with("# EOF\n"), "{text}");
         let classic = m.render(&gauges(), Exposition::Text).unwrap();
@@ -751,6 +778,17 @@ mod tests {
         assert_eq!(
             value(&text, "nubo_process_resident_memory_bytes", None),
             1048576.0
+        );
+        assert_eq!(
+            value(&text, "nubo_wasm_linear_memory_bytes", None),
+            3_145_728.0
+        );
+        // Read at each scrape, not when tracking began.
+        wasm_memory.store(1 << 20, std::sync::atomic::Ordering::Relaxed);
+        let again = m.render(&gauges(), Exposition::Text).unwrap();
+        assert_eq!(
+            value(&again, "nubo_wasm_linear_memory_bytes", None),
+            1_048_576.0
         );
         // Only the documented labels, and never a per-invocation one.
         let allowed = ["app", "function", "outcome", "trigger", "runtime", "le"];

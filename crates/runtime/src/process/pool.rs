@@ -12,7 +12,7 @@ use super::kv::KvScope;
 use super::objects::ObjScope;
 use super::queues::QueueScope;
 use crate::limits::{FunctionLimit, InstanceGuard};
-use crate::sandbox::{Exit, SandboxPolicy, Sandboxed, WorkerSpec};
+use crate::sandbox::{Exit, Meter, SandboxPolicy, Sandboxed, WorkerSpec};
 use nubo_core::{FunctionTarget, InvokeError};
 use nubo_telemetry::{Invocation, LogMask, Stream};
 use std::collections::VecDeque;
@@ -336,6 +336,7 @@ impl Pool {
             }
             _ => tokio::spawn(api),
         };
+        let meter = sandboxed.meter();
         let (kill, killed) = oneshot::channel();
         tokio::spawn(supervise(
             sandboxed,
@@ -351,6 +352,7 @@ impl Pool {
             channel,
             jobs,
             logs,
+            meter,
             secrets: secret_generation,
             _kill: kill,
             _live: LiveGuard(Arc::clone(&self.live)),
@@ -430,6 +432,8 @@ pub(crate) struct Worker {
     pub(crate) channel: Arc<Channel>,
     pub(crate) jobs: mpsc::Sender<Job>,
     pub(crate) logs: Arc<LogSink>,
+    /// Reads its peak memory and CPU time around each invocation.
+    pub(crate) meter: Meter,
     /// The generation of the app's secrets in its environment.
     secrets: u64,
     /// Dropped with the worker: its supervisor then kills the sandbox.

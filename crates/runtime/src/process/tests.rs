@@ -534,6 +534,8 @@ async fn a_timeout_kills_its_worker() {
         "{result:?}"
     );
     assert_eq!(record.outcome, nubo_core::Outcome::Timeout);
+    // What it used until it was stopped is still measured.
+    assert!(record.cpu_time.is_some() && record.peak_memory_bytes.is_some());
     let pool = f.pool();
     eventually("the timed-out worker is gone", || pool.live() == 0).await;
     let (after, _) = f.invoke("again").await;
@@ -644,4 +646,67 @@ async fn routed_requests_get_an_http_event_and_an_http_response() {
     let (status, _, body) = result.unwrap();
     assert_eq!(status, 202);
     assert_eq!(body, "routed");
+}
+
+/// Does its work in the shell process itself (the process a worker without a cgroup is
+/// measured by): `alloc` holds 8 MiB in a variable, `burn` counts in a loop, `sleep` waits on
+/// a child.
+const METERED: &str = r#"#!/bin/sh
+set -u
+api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
+dir=$(mktemp -d)
+while true; do
+  curl -sS -D "$dir/h" -o "$dir/e" "$api/invocation/next" || exit 1
+  id=$(grep -i '^lambda-runtime-aws-request-id:' "$dir/h" | cut -d' ' -f2 | tr -d '\r')
+  ev=$(cat "$dir/e")
+  out="$ev"
+  case "$ev" in
+    alloc) held=$(head -c 8388608 /dev/zero | tr '\000' a); out="${#held}"; held="" ;;
+    burn) i=0; while [ "$i" -lt 100000 ]; do i=$((i + 1)); done; out="$i" ;;
+    sleep) sleep 0.3 ;;
+  esac
+  curl -sS -X POST "$api/invocation/$id/response" -d "$out" >/dev/null
+done
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_report_their_peak_memory_and_cpu_time() {
+    const MIB: u64 = 1 << 20;
+    let f = fixture(METERED, "memory = \"256MiB\"");
+    let (result, cold) = f.invoke("idle").await;
+    assert_eq!(result.unwrap().1, "idle");
+    assert_eq!(cold.memory_limit_bytes, Some(256 * MIB));
+
+    let (_, idle) = f.invoke("idle").await;
+    let (result, alloc) = f.invoke("alloc").await;
+    assert_eq!(result.unwrap().1, "8388608");
+    let base = idle.peak_memory_bytes.expect("the idle peak is measured");
+    let peak = alloc.peak_memory_bytes.expect("the peak is measured");
+    assert!(peak >= base + 8 * MIB, "8 MiB more: {peak} vs {base}");
+    // The peak is reset for each invocation: the next one does not inherit the 8 MiB.
+    let (_, after) = f.invoke("idle").await;
+    let after = after.peak_memory_bytes.expect("measured");
+    assert!(after + 8 * MIB <= peak, "{after} vs {peak}");
+
+    let (result, burn) = f.invoke("burn").await;
+    assert_eq!(result.unwrap().1, "100000");
+    let cpu = burn.cpu_time.expect("CPU time is measured");
+    // 100,000 rounds of a shell loop take more than a sliver of CPU, and one thread cannot
+    // use more CPU than the wall time it ran.
+    assert!(cpu > Duration::from_millis(5), "{cpu:?}");
+    assert!(
+        cpu <= burn.duration + Duration::from_millis(20),
+        "{cpu:?} > {:?}",
+        burn.duration
+    );
+
+    let (result, slept) = f.invoke("sleep").await;
+    assert_eq!(result.unwrap().1, "sleep");
+    let cpu = slept.cpu_time.expect("CPU time is measured");
+    assert!(slept.duration >= Duration::from_millis(300));
+    assert!(
+        cpu * 4 < slept.duration,
+        "waiting is not CPU time: {cpu:?} of {:?}",
+        slept.duration
+    );
 }

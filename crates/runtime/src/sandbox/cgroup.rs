@@ -1,5 +1,5 @@
 //! Per-worker cgroups: a memory cap and a process cap, on cgroup v1 (one hierarchy per
-//! controller) or v2 (one unified hierarchy). Workers live under
+//! controller) or v2 (one unified hierarchy), and the worker's CPU time and peak memory. Workers live under
 //! `<hierarchy>/nubo/<server>/<worker>`, where `<server>` names this Nubo process by pid and
 //! start time, so a restarted server can tell its own cgroups from those a crashed one left.
 
@@ -25,10 +25,12 @@ pub(crate) enum Layout {
         memory: bool,
         pids: bool,
     },
-    /// One hierarchy per controller.
+    /// One hierarchy per controller. `cpuacct` only measures (a worker's CPU time); v2 has
+    /// that in every cgroup (`cpu.stat`).
     V1 {
         memory: Option<PathBuf>,
         pids: Option<PathBuf>,
+        cpuacct: Option<PathBuf>,
     },
 }
 
@@ -48,8 +50,12 @@ impl Layout {
             let path = root.join(name);
             path.join("cgroup.procs").exists().then_some(path)
         };
-        let (memory, pids) = (dir("memory"), dir("pids"));
-        (memory.is_some() || pids.is_some()).then_some(Layout::V1 { memory, pids })
+        let (memory, pids, cpuacct) = (dir("memory"), dir("pids"), dir("cpuacct"));
+        (memory.is_some() || pids.is_some()).then_some(Layout::V1 {
+            memory,
+            pids,
+            cpuacct,
+        })
     }
 
     pub(crate) fn has_memory(&self) -> bool {
@@ -66,11 +72,20 @@ impl Layout {
         }
     }
 
-    /// The hierarchy roots this layout uses (one for v2, up to two for v1).
+    /// The hierarchy roots this layout uses (one for v2, up to three for v1).
     fn roots(&self) -> Vec<PathBuf> {
         match self {
             Layout::V2 { root, .. } => vec![root.clone()],
-            Layout::V1 { memory, pids } => memory.iter().chain(pids.iter()).cloned().collect(),
+            Layout::V1 {
+                memory,
+                pids,
+                cpuacct,
+            } => memory
+                .iter()
+                .chain(pids.iter())
+                .chain(cpuacct.iter())
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -97,7 +112,9 @@ fn start_time(pid: u32) -> Option<u64> {
 #[derive(Debug)]
 pub(crate) struct WorkerCgroup {
     layout: Layout,
-    /// Directories in the order memory, pids (v1) or the single v2 directory.
+    /// The worker's name: its directory's name in each hierarchy.
+    name: String,
+    /// Directories in the order memory, pids, cpuacct (v1) or the single v2 directory.
     dirs: Vec<PathBuf>,
 }
 
@@ -138,6 +155,7 @@ impl WorkerCgroup {
         }
         let cgroup = WorkerCgroup {
             layout: layout.clone(),
+            name: name.to_owned(),
             dirs,
         };
         if let Some(dir) = cgroup.memory_dir() {
@@ -165,22 +183,55 @@ impl WorkerCgroup {
         Ok(cgroup)
     }
 
-    fn memory_dir(&self) -> Option<&Path> {
+    /// The worker's directory under hierarchy `root`.
+    fn dir_under(&self, root: &Path) -> PathBuf {
+        root.join(PARENT).join(server_name()).join(&self.name)
+    }
+
+    fn memory_dir(&self) -> Option<PathBuf> {
         match &self.layout {
-            Layout::V2 { memory: true, .. } => self.dirs.first().map(PathBuf::as_path),
+            Layout::V2 {
+                root, memory: true, ..
+            } => Some(self.dir_under(root)),
             Layout::V1 {
-                memory: Some(_), ..
-            } => self.dirs.first().map(PathBuf::as_path),
+                memory: Some(root), ..
+            } => Some(self.dir_under(root)),
             _ => None,
         }
     }
 
-    fn pids_dir(&self) -> Option<&Path> {
+    fn pids_dir(&self) -> Option<PathBuf> {
         match &self.layout {
-            Layout::V2 { pids: true, .. } => self.dirs.first().map(PathBuf::as_path),
-            Layout::V1 { pids: Some(_), .. } => self.dirs.last().map(PathBuf::as_path),
+            Layout::V2 {
+                root, pids: true, ..
+            } => Some(self.dir_under(root)),
+            Layout::V1 {
+                pids: Some(root), ..
+            } => Some(self.dir_under(root)),
             _ => None,
         }
+    }
+
+    /// Where the worker's CPU time is read, with how: v2's `cpu.stat` exists in every
+    /// cgroup, v1 needs the cpuacct hierarchy.
+    pub(crate) fn cpu_source(&self) -> Option<super::meter::CgroupFile> {
+        match &self.layout {
+            Layout::V2 { root, .. } => Some(super::meter::CgroupFile::V2(self.dir_under(root))),
+            Layout::V1 {
+                cpuacct: Some(root),
+                ..
+            } => Some(super::meter::CgroupFile::V1(self.dir_under(root))),
+            Layout::V1 { cpuacct: None, .. } => None,
+        }
+    }
+
+    /// Where the worker's peak memory is read (and reset), with how.
+    pub(crate) fn memory_source(&self) -> Option<super::meter::CgroupFile> {
+        let dir = self.memory_dir()?;
+        Some(match self.layout {
+            Layout::V2 { .. } => super::meter::CgroupFile::V2(dir),
+            Layout::V1 { .. } => super::meter::CgroupFile::V1(dir),
+        })
     }
 
     /// Moves a process (and so everything it later forks) into the cgroup.

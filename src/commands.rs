@@ -15,6 +15,7 @@ mod server;
 mod traffic;
 mod triggers;
 mod up;
+mod usage;
 
 use crate::cli::{Cli, Command};
 use std::process::ExitCode;
@@ -105,6 +106,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Logs(args) => logs::run(args).await,
+        Command::Usage(args) => usage::run(args).await,
         Command::Invocations {
             app,
             function,

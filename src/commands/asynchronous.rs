@@ -75,6 +75,9 @@ pub(crate) async fn show(id: &str, json: bool) -> anyhow::Result<ExitCode> {
                 (false, _) => println!("  start:     warm"),
             }
             println!("  bytes:     {} in, {} out", r.bytes_in, r.bytes_out);
+            if let Some(u) = &r.usage {
+                println!("  billed:    {}", usage_line(u));
+            }
             if r.outbound_requests > 0 {
                 println!(
                     "  outbound:  {} requests, {} bytes sent, {} received",
@@ -292,6 +295,26 @@ fn one_line(s: &str, max: usize) -> String {
     } else {
         flat.to_string()
     }
+}
+
+/// Billed time, then memory, GB-seconds and CPU time where they were measured:
+/// `2 ms, 128 MiB given, 1.1 MiB peak, 0.00025 GB-s, cpu 0.4 ms`.
+fn usage_line(u: &nubo_core::api::v1::InvocationUsage) -> String {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let mut parts = vec![format!("{} ms", u.billed_ms)];
+    if let Some(b) = u.memory_limit_bytes {
+        parts.push(format!("{:.0} MiB given", mib(b)));
+    }
+    if let Some(b) = u.peak_memory_bytes {
+        parts.push(format!("{:.1} MiB peak", mib(b)));
+    }
+    if let Some(gbs) = u.gb_seconds {
+        parts.push(format!("{gbs:.6} GB-s"));
+    }
+    if let Some(us) = u.cpu_time_us {
+        parts.push(format!("cpu {:.1} ms", us as f64 / 1000.0));
+    }
+    parts.join(", ")
 }
 
 #[cfg(test)]

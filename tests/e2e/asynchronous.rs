@@ -155,6 +155,14 @@ fn async_invocation_is_accepted_then_delivered_with_its_logs() {
     s.invocation(&sync_id);
     let shown = s.ok(&["invocation", &sync_id]);
     assert!(shown.contains("trigger http"), "{shown}");
+    // Its usage: billed time, the memory given, the measured peak and CPU time.
+    let billed = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("billed:"))
+        .unwrap_or_else(|| panic!("no billed line: {shown}"));
+    for part in [" ms, ", " MiB given, ", " MiB peak, ", " GB-s, ", "cpu "] {
+        assert!(billed.contains(part), "{billed}");
+    }
 
     // An unknown id names the problem.
     let out = s.nubo(&["invocation", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);

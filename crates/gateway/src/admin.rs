@@ -7,6 +7,7 @@ use crate::admin_objects;
 use crate::admin_queues;
 use crate::admin_secrets;
 use crate::admin_triggers;
+use crate::admin_usage;
 use crate::rescue::error_response;
 use crate::server::Gateway;
 use axum::Router;
@@ -165,6 +166,8 @@ pub(crate) fn router(weak: Gw) -> Router {
             "/_nubo/api/v1/apps/{app}/triggers",
             get(admin_triggers::list),
         )
+        .route("/_nubo/api/v1/usage", get(admin_usage::report))
+        .route("/_nubo/api/v1/usage/export", get(admin_usage::export))
         .route("/_nubo/api/v1/buckets", get(admin_objects::list_buckets))
         .route(
             "/_nubo/api/v1/buckets/{bucket}",

@@ -18,6 +18,7 @@ mod admin_objects;
 mod admin_queues;
 mod admin_secrets;
 mod admin_triggers;
+mod admin_usage;
 mod affinity;
 mod body;
 mod data;

@@ -48,6 +48,7 @@ pub mod secrets;
 mod time;
 mod traffic;
 mod trigger_state;
+pub mod usage;
 mod writer;
 
 pub use blobs::validate_digest;
@@ -66,6 +67,7 @@ pub use rollout::{Rollout, RolloutMove, RolloutState};
 pub use time::format_rfc3339;
 pub use traffic::{TrafficInstruction, TrafficSplit, canary_split, validate_split};
 pub use trigger_state::TriggerState;
+pub use usage::{UsageError, UsageSettings};
 pub use writer::{
     BATCH_LINGER, BROADCAST_CAPACITY, CommittedInvocation, MAX_BATCH, MAX_INVOCATION_ROWS,
     MAX_LOG_ROWS, RecordWriter, Retention, WriterCounts,
@@ -103,6 +105,8 @@ pub struct Store {
     queues: Queues,
     /// The apps' secrets, opened with the server key on first use (see [`Store::secrets`]).
     secrets: OnceLock<secrets::Secrets>,
+    /// How usage is metered and priced (see [`Store::configure_usage`]).
+    usage: Mutex<UsageSettings>,
 }
 
 impl fmt::Debug for Store {
@@ -158,6 +162,7 @@ impl Store {
             objects,
             queues,
             secrets: OnceLock::new(),
+            usage: Mutex::new(UsageSettings::default()),
         })
     }
 

@@ -31,12 +31,15 @@ pub fn invocation_record(fin: &FinishedInvocation) -> InvocationRecord {
         bytes_in: fin.bytes_in,
         bytes_out: fin.bytes_out,
         logs_truncated: fin.logs_truncated,
+        // The record writer adds it: billing depends on the server's settings.
+        usage: None,
     }
 }
 
 const INVOCATION_COLUMNS: &str = "id, app, function, revision, trigger, started_at_us, \
      duration_us, outcome, status, cold, bytes_in, bytes_out, logs_truncated, init_ms, \
-     outbound_requests, outbound_bytes_out, outbound_bytes_in";
+     outbound_requests, outbound_bytes_out, outbound_bytes_in, billed_ms, memory_limit_bytes, \
+     peak_memory_bytes, kib_ms, cpu_time_us";
 
 const LOG_COLUMNS: &str = "cursor, invocation_id, app, function, time_us, stream, line, level";
 
@@ -98,6 +101,12 @@ fn invocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord>
         outbound_requests: unsigned(row.get(14)?),
         outbound_bytes_out: unsigned(row.get(15)?),
         outbound_bytes_in: unsigned(row.get(16)?),
+        usage: {
+            let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
+                Ok(row.get::<_, Option<i64>>(i)?.map(unsigned))
+            };
+            crate::usage::invocation_usage(opt(17)?, opt(18)?, opt(19)?, opt(20)?, opt(21)?)
+        },
     })
 }
 
@@ -348,6 +357,11 @@ mod tests {
             outbound_requests: 0,
             outbound_bytes_out: 0,
             outbound_bytes_in: 0,
+            memory_limit_bytes: None,
+            peak_memory_bytes: None,
+            cpu_time: None,
+            dispatched_after: None,
+            running_after: None,
             logs: lines
                 .iter()
                 .map(|line| LogEntry {

@@ -7,9 +7,10 @@
 //! cost the last moments of them but never corrupts the database).
 
 use crate::records::{detect_level, invocation_record};
+use crate::usage::{Meter, billed};
 use crate::{Durability, Store, StoreError, time};
 use nubo_core::api::v1::{InvocationRecord, LogLine};
-use nubo_telemetry::FinishedInvocation;
+use nubo_telemetry::{FinishedInvocation, RecordSinkStats};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -192,7 +193,21 @@ impl Store {
         rx: Receiver<FinishedInvocation>,
         retention: Retention,
     ) -> Result<RecordWriter, StoreError> {
-        let conn = crate::open_connection(&self.db_path, Durability::Normal)?;
+        self.spawn_metered_record_writer(rx, retention, None)
+    }
+
+    /// Starts the record writer with explicit retention limits, metering usage with the
+    /// settings of [`Store::configure_usage`]; records the sink counts in `dropped` are marked
+    /// in the usage data as gaps.
+    pub fn spawn_metered_record_writer(
+        &self,
+        rx: Receiver<FinishedInvocation>,
+        retention: Retention,
+        dropped: Option<Arc<RecordSinkStats>>,
+    ) -> Result<RecordWriter, StoreError> {
+        let mut conn = crate::open_connection(&self.db_path, Durability::Normal)?;
+        let meter = Meter::start(&mut conn, self.usage_settings(), dropped)
+            .map_err(crate::error::db("starting the usage meter"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let (followers, _) = broadcast::channel(BROADCAST_CAPACITY);
@@ -205,6 +220,7 @@ impl Store {
             retention,
             since_prune: (0, 0),
             last_prune: std::time::Instant::now(),
+            meter,
         };
         let thread = std::thread::Builder::new()
             .name("nubo-records".into())
@@ -230,6 +246,8 @@ struct Worker {
     since_prune: (u64, u64),
     /// When the last prune ran (an age limit is applied at least this often).
     last_prune: std::time::Instant,
+    /// Usage aggregates, run and gap markers.
+    meter: Meter,
 }
 
 impl Worker {
@@ -242,6 +260,9 @@ impl Worker {
                 self.write(&batch);
                 batch.clear();
             }
+            if self.meter.due() {
+                self.meter.tick(&self.conn);
+            }
             let (invocations, lines) = self.since_prune;
             if invocations >= (self.retention.max_invocations / PRUNE_FRACTION).max(1)
                 || lines >= (self.retention.max_log_lines / PRUNE_FRACTION).max(1)
@@ -252,6 +273,7 @@ impl Worker {
         }
         // Leave the tables within their limits at rest.
         self.prune();
+        self.meter.stop(&self.conn);
     }
 
     /// Fills `batch`; returns false when there is nothing left to do (asked to stop and the
@@ -279,7 +301,9 @@ impl Worker {
                 }
                 // Idle: come back empty-handed when an age limit is due, so old rows go even
                 // when nothing new arrives.
-                Err(RecvTimeoutError::Timeout) if self.age_prune_due() => return true,
+                Err(RecvTimeoutError::Timeout) if self.age_prune_due() || self.meter.due() => {
+                    return true;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
@@ -309,7 +333,7 @@ impl Worker {
     fn write(&mut self, batch: &[FinishedInvocation]) {
         // Building the followers' copies costs allocations per line; skip it when nobody listens.
         let collect = self.followers.receiver_count() > 0;
-        match write_batch(&mut self.conn, batch, collect) {
+        match write_batch(&mut self.conn, batch, collect, &mut self.meter) {
             Ok(committed) => {
                 let lines: usize = batch.iter().map(|f| f.logs.len()).sum();
                 self.counters
@@ -368,6 +392,7 @@ fn write_batch(
     conn: &mut Connection,
     batch: &[FinishedInvocation],
     collect: bool,
+    meter: &mut Meter,
 ) -> rusqlite::Result<Vec<Arc<CommittedInvocation>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut committed = Vec::with_capacity(batch.len());
@@ -378,15 +403,25 @@ fn write_batch(
             "INSERT OR IGNORE INTO invocations (id, app, function, revision, trigger,
                  started_at_us, duration_us, outcome, status, cold, bytes_in, bytes_out,
                  logs_truncated, init_ms, outbound_requests, outbound_bytes_out,
-                 outbound_bytes_in)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 outbound_bytes_in, billed_ms, memory_limit_bytes, peak_memory_bytes,
+                 cpu_time_us, kib_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18, ?19, ?20, ?21, ?22)",
         )?;
         let mut insert_log = tx.prepare_cached(
             "INSERT INTO logs (invocation_id, app, function, time_us, stream, line, level)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for fin in batch {
-            let record = invocation_record(fin);
+            let bill = billed(fin, meter.granularity());
+            let mut record = invocation_record(fin);
+            record.usage = crate::usage::invocation_usage(
+                Some(bill.billed_ms),
+                fin.memory_limit_bytes,
+                fin.peak_memory_bytes,
+                bill.kib_ms,
+                bill.cpu_us,
+            );
             insert_invocation.execute(params![
                 record.id,
                 record.app,
@@ -405,6 +440,11 @@ fn write_batch(
                 signed(record.outbound_requests),
                 signed(record.outbound_bytes_out),
                 signed(record.outbound_bytes_in),
+                signed(bill.billed_ms),
+                fin.memory_limit_bytes.map(signed),
+                fin.peak_memory_bytes.map(signed),
+                bill.cpu_us.map(signed),
+                bill.kib_ms.map(signed),
             ])?;
             let mut logs = Vec::with_capacity(fin.logs.len());
             for (i, entry) in fin.logs.iter().enumerate() {
@@ -448,6 +488,7 @@ fn write_batch(
             }
         }
     }
+    meter.record_batch(&tx, batch)?;
     tx.commit()?;
     Ok(committed)
 }

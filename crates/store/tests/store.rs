@@ -67,6 +67,11 @@ fn finished(
         outbound_requests: 0,
         outbound_bytes_out: 0,
         outbound_bytes_in: 0,
+        memory_limit_bytes: None,
+        peak_memory_bytes: None,
+        cpu_time: None,
+        dispatched_after: None,
+        running_after: None,
         logs: lines
             .iter()
             .enumerate()
@@ -136,7 +141,7 @@ fn open_creates_a_private_data_dir_with_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 11);
+    assert_eq!(version, 13);
 }
 
 #[test]

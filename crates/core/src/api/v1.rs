@@ -144,6 +144,9 @@ pub struct InvocationRecord {
     pub bytes_out: u64,
     /// Whether log lines were cut.
     pub logs_truncated: bool,
+    /// What the invocation is billed for (absent on records written before metering).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<InvocationUsage>,
 }
 
 /// One captured log line.
@@ -730,4 +733,204 @@ pub struct TriggerList {
     pub app: String,
     /// Its triggers, in manifest order.
     pub triggers: Vec<TriggerInfo>,
+}
+
+/// What one invocation is billed for. A figure the runtime could not measure is absent, never 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationUsage {
+    /// Wall time rounded up to the server's billing granularity, in milliseconds; 0 for an
+    /// invocation that never ran (throttled).
+    pub billed_ms: u64,
+    /// The memory the function was given, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// The most memory the invocation used, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+    /// Billed seconds × the memory limit in GB (1 GB = 1024 MiB); absent without a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gb_seconds: Option<f64>,
+    /// CPU time, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_us: Option<u64>,
+}
+
+/// The filters of `GET /_nubo/api/v1/usage` and `GET /_nubo/api/v1/usage/export`, as query
+/// parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UsageQuery {
+    /// Start: a span back from now (`30m`, `12h`, `7d`, `2w`) or an RFC 3339 time or date;
+    /// default 7 days back (a report) or the oldest record (an export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// End, in the same forms as `since`; default now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Only this app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Only this function (of `app`, or of every app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// How a report groups rows: `function` (the default), `revision`, `day` or `hour`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// The server's price table; cost is computed from it when a report is made.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UsagePrices {
+    /// Price of one million requests.
+    pub per_million_requests: f64,
+    /// Price of one GB-second (1 GB = 1024 MiB).
+    pub per_gb_second: f64,
+    /// Price of one GB (2^30 bytes) sent out: response bodies and outbound request bodies.
+    pub per_gb_out: f64,
+}
+
+/// Cost of a row under the server's prices, in the prices' currency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageCost {
+    /// Requests × the request price.
+    pub requests: f64,
+    /// GB-seconds × the GB-second price.
+    pub compute: f64,
+    /// GB out × the transfer price.
+    pub transfer: f64,
+    /// The sum.
+    pub total: f64,
+}
+
+/// One row of a usage report: the figures of one group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// Start of the day or hour (`by=day`, `by=hour`), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// The app (`by=function`, `by=revision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The function (`by=function`, `by=revision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The revision (`by=revision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// Invocations that ran.
+    pub requests: u64,
+    /// Invocations that ran and failed (an outcome other than `ok`, or a 5xx answer).
+    pub errors: u64,
+    /// Invocations refused at a concurrency limit (never ran, not billed).
+    pub throttles: u64,
+    /// Cold starts.
+    pub cold_starts: u64,
+    /// Total wall time, in milliseconds.
+    pub duration_ms: f64,
+    /// Total billed time, in milliseconds.
+    pub billed_ms: u64,
+    /// Billed GB-seconds.
+    pub gb_seconds: f64,
+    /// Invocations that ran without a memory figure, so without GB-seconds.
+    pub unmetered_requests: u64,
+    /// Total CPU time where measured, in milliseconds.
+    pub cpu_ms: f64,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// Outbound requests the functions made.
+    pub outbound_requests: u64,
+    /// Body bytes the functions sent in outbound requests.
+    pub outbound_bytes_out: u64,
+    /// The highest peak memory of one invocation, in bytes, where measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+    /// Cost under the server's prices.
+    pub cost: UsageCost,
+    /// Cost of 1,000 invocations at this row's average (absent without requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_1k: Option<f64>,
+}
+
+/// A stretch of time whose usage may be undercounted, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageGap {
+    /// `unclean_stop` (the server stopped without shutting down) or `dropped` (records the
+    /// writer could not keep up with).
+    pub kind: String,
+    /// Start, RFC 3339.
+    pub from: String,
+    /// End, RFC 3339.
+    pub until: String,
+    /// Records known to be lost (`dropped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// What it means, in words.
+    pub message: String,
+}
+
+/// `GET /_nubo/api/v1/usage`: usage between two times, grouped, with its cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// Start of the time covered (aligned to `resolution`), RFC 3339.
+    pub from: String,
+    /// End of the time covered, RFC 3339.
+    pub until: String,
+    /// The stored aggregates read: `minute`, `hour` or `day` (the finest still kept for
+    /// `from`).
+    pub resolution: String,
+    /// The grouping: `function`, `revision`, `day` or `hour`.
+    pub by: String,
+    /// The billing granularity in milliseconds.
+    pub billing_granularity_ms: u64,
+    /// The prices cost was computed with.
+    pub prices: UsagePrices,
+    /// One row per group.
+    pub rows: Vec<UsageRow>,
+    /// Every row together.
+    pub total: UsageRow,
+    /// Stretches within the report whose usage may be undercounted.
+    #[serde(default)]
+    pub gaps: Vec<UsageGap>,
+}
+
+/// One line of `GET /_nubo/api/v1/usage/export` (JSON lines): the usage of one invocation.
+/// `id` is the invocation's id, unique per record (each async attempt and each trigger
+/// delivery is an invocation of its own), so a consumer deduplicates by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageExportRecord {
+    /// The invocation id (ULID).
+    pub id: String,
+    /// App.
+    pub app: String,
+    /// Function.
+    pub function: String,
+    /// Revision.
+    pub revision: u64,
+    /// What triggered it (`http`, `invoke`, `async`, `cron`, `queue`, …).
+    pub trigger: String,
+    /// Start time, RFC 3339.
+    pub started_at: String,
+    /// Outcome name.
+    pub outcome: String,
+    /// HTTP status answered, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Whether it was a cold start.
+    pub cold: bool,
+    /// Wall time in microseconds.
+    pub duration_us: u64,
+    /// The billed figures (absent on records written before metering).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<InvocationUsage>,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// Outbound requests made.
+    pub outbound_requests: u64,
+    /// Body bytes sent in outbound requests.
+    pub outbound_bytes_out: u64,
+    /// Body bytes received from outbound requests.
+    pub outbound_bytes_in: u64,
 }

@@ -61,13 +61,13 @@ bash tests/js-kv-guest/build.sh
 step "process test functions"
 bash tests/process/build.sh
 
-step "Python clients (boto3, aws CLI v1, the CloudEvents SDK)"
-# A venv in the cache, refreshed only when tests/s3/requirements.txt changes.
+step "Python clients (boto3, aws CLI v1, the CloudEvents SDK, the OTLP protobuf messages)"
+# A venv in the cache, refreshed only when one of the requirements files changes.
 venv="$cache/venv"
-if ! cmp -s tests/s3/requirements.txt "$venv/requirements.txt" 2>/dev/null; then
+if ! cat tests/s3/requirements.txt tests/otlp/requirements.txt | cmp -s - "$venv/requirements.txt" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/s3/requirements.txt
-  cp tests/s3/requirements.txt "$venv/requirements.txt"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/s3/requirements.txt -r tests/otlp/requirements.txt
+  cat tests/s3/requirements.txt tests/otlp/requirements.txt >"$venv/requirements.txt"
 fi
 export NUBO_S3_VENV="$venv"
 

@@ -28,6 +28,8 @@ mod e2e {
     mod s3;
     mod sandbox;
     mod secrets;
+    mod traces;
     mod traffic;
     mod triggers;
+    mod usage;
 }

@@ -12,7 +12,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use nubo_control::LiveApp;
 use nubo_core::{Body, BoxError, Entry, ErrorCode, FunctionTarget, InvocationId};
-use nubo_telemetry::{Invocation, InvocationMeta};
+use nubo_telemetry::{
+    Invocation, InvocationMeta, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -274,7 +276,9 @@ impl Gateway {
             );
         }
         let id = InvocationId::new();
-        let inv = Invocation::start(
+        let mut parts = parts;
+        let trace = invocation_trace(&mut parts.headers, self.sink.tracing());
+        let inv = Invocation::start_traced(
             InvocationMeta {
                 id,
                 app: target.app.clone(),
@@ -283,11 +287,11 @@ impl Gateway {
                 trigger,
             },
             &self.sink,
+            trace,
         );
         let exceeded = Arc::new(AtomicBool::new(false));
         let body =
             LimitedBody::new(body, max_body, exceeded.clone(), Some(inv.clone())).boxed_unsync();
-        let mut parts = parts;
         let stored_invoke = parts
             .headers
             .remove(crate::events::ENTRY_HEADER)
@@ -346,6 +350,45 @@ impl Gateway {
     }
 }
 
+/// The trace an invocation runs in, from the caller's `traceparent` and `tracestate` (see
+/// [`TraceContext::for_invocation`]). The headers the function sees are rewritten to name the
+/// invocation's span as the parent, so what the function calls joins the same trace.
+fn invocation_trace(headers: &mut http::HeaderMap, recording: bool) -> Option<TraceContext> {
+    // W3C: a request with more than one traceparent has none that can be trusted.
+    let mut parents = headers.get_all(TRACEPARENT_HEADER).iter();
+    let parent = match (parents.next(), parents.next()) {
+        (Some(one), None) => Some(one.as_bytes()),
+        _ => None,
+    };
+    // Several tracestate headers are one list.
+    let state: Option<Vec<u8>> = {
+        let mut values = headers
+            .get_all(TRACESTATE_HEADER)
+            .iter()
+            .map(|v| v.as_bytes());
+        values.next().map(|first| {
+            let mut joined = first.to_vec();
+            for more in values {
+                joined.push(b',');
+                joined.extend_from_slice(more);
+            }
+            joined
+        })
+    };
+    let trace = TraceContext::for_invocation(parent, state.as_deref(), recording)?;
+    headers.remove(TRACEPARENT_HEADER);
+    headers.remove(TRACESTATE_HEADER);
+    if let Ok(v) = HeaderValue::from_str(&trace.traceparent()) {
+        headers.insert(TRACEPARENT_HEADER, v);
+    }
+    if let Some(state) = &trace.tracestate
+        && let Ok(v) = HeaderValue::from_str(state)
+    {
+        headers.insert(TRACESTATE_HEADER, v);
+    }
+    Some(trace)
+}
+
 fn with_ids(mut resp: Response<Body>, target: &FunctionTarget) -> Response<Body> {
     resp.headers_mut()
         .insert(REVISION_HEADER, HeaderValue::from(target.revision));
@@ -355,6 +398,38 @@ fn with_ids(mut resp: Response<Body>, target: &FunctionTarget) -> Response<Body>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_function_sees_its_invocation_span_as_the_parent() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = http::HeaderMap::new();
+        h.insert(TRACEPARENT_HEADER, HeaderValue::from_static(caller));
+        h.append(TRACESTATE_HEADER, HeaderValue::from_static("a=1"));
+        h.append(TRACESTATE_HEADER, HeaderValue::from_static("b=2"));
+        let trace = invocation_trace(&mut h, true).unwrap();
+        assert_eq!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(h[TRACEPARENT_HEADER], trace.traceparent().as_str());
+        assert_ne!(h[TRACEPARENT_HEADER], caller);
+        assert_eq!(h[TRACESTATE_HEADER], "a=1,b=2");
+
+        // Not exporting: the caller's context passes through as it came.
+        let mut h = http::HeaderMap::new();
+        h.insert(TRACEPARENT_HEADER, HeaderValue::from_static(caller));
+        assert!(invocation_trace(&mut h, false).is_some());
+        assert_eq!(h[TRACEPARENT_HEADER], caller);
+
+        // Two traceparents: neither is trusted, a new trace starts.
+        let mut h = http::HeaderMap::new();
+        h.append(TRACEPARENT_HEADER, HeaderValue::from_static(caller));
+        h.append(TRACEPARENT_HEADER, HeaderValue::from_static(caller));
+        let fresh = invocation_trace(&mut h, true).unwrap();
+        assert_eq!(fresh.parent_span_id, None);
+        assert_eq!(h.get_all(TRACEPARENT_HEADER).iter().count(), 1);
+
+        let mut h = http::HeaderMap::new();
+        assert!(invocation_trace(&mut h, false).is_none());
+        assert!(h.is_empty());
+    }
 
     #[test]
     fn headers_only_nubo_sets_are_removed_from_client_requests() {

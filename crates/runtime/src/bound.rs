@@ -1,6 +1,7 @@
 //! What a wasm function may reach of a named host service (object buckets, queues): the
 //! server's handle on the service and the names the function binds in its manifest, plus the
-//! per-invocation state the host calls need (trigger hop count, where refusals are logged).
+//! per-invocation state the host calls need (trigger hop count, trace context, where refusals
+//! are logged).
 
 use nubo_telemetry::{Invocation, Stream};
 use std::sync::Arc;
@@ -62,6 +63,15 @@ impl<S: Clone> BoundCtx<S> {
             hop,
             invocation: invocation.cloned(),
         }
+    }
+
+    /// The `traceparent` naming the invocation's span, for the work it hands on (a queue
+    /// message, an object event), so the deliveries it causes continue its trace.
+    pub(crate) fn traceparent(&self) -> Option<String> {
+        self.invocation
+            .as_ref()
+            .and_then(Invocation::trace)
+            .map(nubo_telemetry::TraceContext::traceparent)
     }
 
     /// The service, when the function binds `name`; a refusal is logged with the fix.

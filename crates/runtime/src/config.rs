@@ -103,6 +103,9 @@ pub struct RuntimeConfig {
     /// The apps' secrets, delivered to the functions whose `env` names them (wasm: at each
     /// invocation; process: at each worker's spawn); `None`: such variables stay unset.
     pub secrets: Option<nubo_store::secrets::Secrets>,
+    /// Whether wasm invocations measure the CPU time they spend (two thread-clock reads per
+    /// poll of the guest, about a microsecond and a half); off, their records carry none.
+    pub measure_cpu: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -121,6 +124,7 @@ impl Default for RuntimeConfig {
             objects: None,
             queues: None,
             secrets: None,
+            measure_cpu: true,
         }
     }
 }

@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
@@ -34,6 +35,13 @@ const MAX_TRAP_MESSAGE: usize = 200;
 /// concurrency limits: load alone never causes a 5xx).
 const POOL_FULL_RETRY_AFTER_SECS: u32 = 1;
 
+/// Ends the invocation's wait for a concurrency slot (its `queue` span).
+fn mark_dispatched(request: &http::Request<Body>) {
+    if let Some(invocation) = request.extensions().get::<Invocation>() {
+        invocation.mark_dispatched();
+    }
+}
+
 impl Dispatch for WasmRuntime {
     fn invoke(&self, target: &FunctionTarget, request: http::Request<Body>) -> InvokeFuture {
         match self.functions.load().get(target) {
@@ -41,12 +49,14 @@ impl Dispatch for WasmRuntime {
                 let loaded = Arc::clone(loaded);
                 Box::pin(async move {
                     let permit = loaded.limit.acquire().await?;
+                    mark_dispatched(&request);
                     invoke(loaded, request, permit).await
                 })
             }
             None => match self.process.get(target) {
                 Some(function) => Box::pin(async move {
                     let permit = function.limit.acquire().await?;
+                    mark_dispatched(&request);
                     crate::process::invoke(function, request, permit).await
                 }),
                 None => Box::pin(std::future::ready(Err(InvokeError::Unavailable {
@@ -75,6 +85,9 @@ async fn invoke(
     if let (true, Some(invocation)) = (cold, &invocation) {
         invocation.set_cold(true);
     }
+    if let Some(invocation) = &invocation {
+        invocation.set_memory_limit(loaded.memory_limit);
+    }
 
     // The env and wasi:config variables, with the app's secrets as they are now.
     let (env, config) = crate::secrets::for_invocation(
@@ -87,6 +100,7 @@ async fn invoke(
         invocation.as_ref(),
         &env,
         loaded.memory_limit,
+        &loaded.linear_memory,
         loaded.ticks,
         loaded.timeout,
         &loaded.bindings,
@@ -192,14 +206,28 @@ async fn run_guest(
     shared: Arc<Shared>,
 ) -> Result<(), InvokeError> {
     let _instance = loaded.limit.instance();
-    let ran = tokio::time::timeout(loaded.timeout, async {
-        let proxy = loaded.pre.instantiate_async(&mut store).await?;
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, req, out)
-            .await
-    })
-    .await;
+    let (ran, cpu) = {
+        let guest = std::pin::pin!(async {
+            let proxy = loaded.pre.instantiate_async(&mut store).await?;
+            if let Some(invocation) = &invocation {
+                invocation.mark_running();
+            }
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        });
+        if loaded.measure_cpu {
+            let mut timed = CpuTimed {
+                inner: guest,
+                spent: Duration::ZERO,
+            };
+            let ran = tokio::time::timeout(loaded.timeout, &mut timed).await;
+            (ran, Some(timed.spent))
+        } else {
+            (tokio::time::timeout(loaded.timeout, guest).await, None)
+        }
+    };
     let result = match ran {
         Err(_elapsed) => Err(timeout_error(&loaded)),
         Ok(Ok(())) => shared.returned(),
@@ -209,6 +237,10 @@ async fn run_guest(
     // reader then learns from `shared` whether the body is complete.
     shared.end(&result);
     if let Some(invocation) = &invocation {
+        if let Some(cpu) = cpu {
+            invocation.add_cpu_time(cpu);
+        }
+        invocation.observe_memory(store.data().limiter.used());
         match &result {
             Ok(()) => invocation.finish(Outcome::Ok, None),
             // The guest failed writing to a client that had gone: not the function's fault.
@@ -222,6 +254,39 @@ async fn run_guest(
     }
     drop(store);
     result
+}
+
+/// A guest's future that adds up the CPU time spent polling it: the polling thread's CPU clock
+/// is read before and after each poll, so time the guest spends waiting (sleeps, outbound
+/// calls, a slow client) is not counted, and work on any worker thread is. Instantiation is
+/// part of the future, so it is counted too.
+///
+/// Cost: two `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` system calls per poll (that clock has
+/// no vDSO fast path), a fraction of a microsecond each; a guest is polled a handful of times
+/// per request.
+struct CpuTimed<F> {
+    inner: F,
+    spent: Duration,
+}
+
+impl<F: Future + Unpin> Future for CpuTimed<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let before = thread_cpu_time();
+        let polled = Pin::new(&mut self.inner).poll(cx);
+        if let (Some(before), Some(after)) = (before, thread_cpu_time()) {
+            self.spent += after.saturating_sub(before);
+        }
+        polled
+    }
+}
+
+/// CPU time the calling thread has used; `None` where the clock cannot be read.
+fn thread_cpu_time() -> Option<Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .ok()
+        .map(Duration::from)
 }
 
 /// Maps an error out of the guest to what the caller is told.

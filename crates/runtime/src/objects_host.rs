@@ -187,6 +187,7 @@ impl objects::Host for ObjCtx {
             ))));
         }
         let hop = self.hop;
+        let traceparent = self.traceparent();
         blocking(move || {
             let opts = PutOptions {
                 content_type,
@@ -194,7 +195,7 @@ impl objects::Host for ObjCtx {
                 ..PutOptions::default()
             };
             store
-                .put(&bucket, &key, &mut data.as_slice(), opts)
+                .put_traced(&bucket, &key, &mut data.as_slice(), opts, traceparent)
                 .map(info)
                 .map_err(wit_error)
         })
@@ -225,7 +226,13 @@ impl objects::Host for ObjCtx {
             Err(e) => return Ok(Err(e)),
         };
         let hop = self.hop;
-        blocking(move || store.delete_at_hop(&bucket, &key, hop).map_err(wit_error)).await
+        let traceparent = self.traceparent();
+        blocking(move || {
+            store
+                .delete_traced(&bucket, &key, hop, traceparent.as_deref())
+                .map_err(wit_error)
+        })
+        .await
     }
 
     async fn list(

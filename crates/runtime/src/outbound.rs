@@ -5,6 +5,11 @@
 //!
 //! Redirects are not followed: the guest sees the 3xx and, if it follows it, makes a new request
 //! that is checked like any other.
+//!
+//! Each allowed request carries the invocation's trace: a `traceparent` naming a span of its
+//! own (the call, from its start to the response head or failure) when the invocation is
+//! recorded, else the invocation's context as it came; the guest's own `traceparent` is
+//! replaced, as the call's parent is the invocation.
 
 use bytes::Bytes;
 use http::Uri;
@@ -14,7 +19,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nubo_core::egress::{Allowlist, ssrf_risk};
 use nubo_core::limits::{MAX_OUTBOUND_REQUESTS, OUTBOUND_REQUEST_TIMEOUT_MS};
-use nubo_telemetry::{Invocation, Stream};
+use nubo_telemetry::{Invocation, Stream, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -164,12 +169,34 @@ impl OutboundCtx {
         }
         let invocation = self.invocation.clone();
         let function = self.function().to_owned();
+        let mut request = request;
+        let span = invocation.as_ref().and_then(Invocation::outbound_span);
+        if let Some(span) = &span {
+            let headers = request.headers_mut();
+            if let Ok(v) = http::HeaderValue::from_str(&span.traceparent()) {
+                headers.insert(TRACEPARENT_HEADER, v);
+            }
+            headers.remove(TRACESTATE_HEADER);
+            if let Some(state) = span.tracestate()
+                && let Ok(v) = http::HeaderValue::from_str(state)
+            {
+                headers.insert(TRACESTATE_HEADER, v);
+            }
+        }
+        let method = request.method().as_str().to_owned();
         let request = request.map(|body| CountOut {
             inner: body,
             invocation: invocation.clone(),
         });
         Box::new(async move {
             let sent = tokio::time::timeout(wait, egress.client.request(request)).await;
+            if let (Some(span), Some(invocation)) = (span, &invocation) {
+                let status = match &sent {
+                    Ok(Ok(response)) => Some(response.status().as_u16()),
+                    _ => None,
+                };
+                invocation.end_outbound(span, &method, &target, status);
+            }
             let response = match sent {
                 Ok(Ok(response)) => response,
                 Ok(Err(e)) => {

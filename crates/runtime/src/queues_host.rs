@@ -103,8 +103,11 @@ impl publisher::Host for QueueCtx {
             content_type,
             hop: self.hop,
         };
+        let traceparent = self.traceparent();
         tokio::task::spawn_blocking(move || {
-            let ids = queues.publish(&queue, vec![message]).map_err(wit_error)?;
+            let ids = queues
+                .publish_traced(&queue, vec![message], traceparent.as_deref())
+                .map_err(wit_error)?;
             ids.into_iter().next().ok_or_else(|| {
                 publisher::Error::Other("the queue stored no message; publish it again".into())
             })

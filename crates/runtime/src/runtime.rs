@@ -18,7 +18,7 @@ use sha2::Digest;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -50,6 +50,8 @@ pub(crate) struct Loaded {
     pub(crate) env: Box<[(String, String)]>,
     pub(crate) memory_limit: u64,
     pub(crate) timeout: Duration,
+    /// Whether its invocations measure their CPU time ([`RuntimeConfig::measure_cpu`]).
+    pub(crate) measure_cpu: bool,
     /// Epoch ticks covering `timeout`.
     pub(crate) ticks: u64,
     /// Set by the first invocation, which is the cold one.
@@ -63,6 +65,9 @@ pub(crate) struct Loaded {
     pub(crate) config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     /// The secrets its `env` names; `None` when it names none.
     pub(crate) secret_env: Option<Arc<crate::secrets::SecretEnv>>,
+    /// The runtime's count of linear memory held by live instances (see
+    /// [`WasmRuntime::linear_memory`]).
+    pub(crate) linear_memory: Arc<AtomicU64>,
     /// The cached artifact the code came from, if it came from the cache.
     artifact: Option<PathBuf>,
 }
@@ -86,6 +91,9 @@ pub struct WasmRuntime {
     pub(crate) process: crate::process::Functions,
     /// Concurrency limits per function and server-wide; wasm and process functions alike.
     pub(crate) limits: Limiter,
+    /// Bytes of wasm linear memory held by live instances: each instance's memory limiter
+    /// adds what it grows and takes it back when the instance is dropped.
+    linear_memory: Arc<AtomicU64>,
     artifact_key: String,
     config: RuntimeConfig,
     pooling: bool,
@@ -142,6 +150,7 @@ impl WasmRuntime {
             .with_secrets(config.secrets.clone())
             .with_queues(config.queues.clone()),
             limits: Limiter::new(config.max_concurrency),
+            linear_memory: Arc::default(),
             artifact_key,
             config,
             pooling,
@@ -152,6 +161,18 @@ impl WasmRuntime {
     /// Whether the pooling allocator is in use (false after the on-demand fallback).
     pub fn is_pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// The count of bytes of wasm linear memory held by live instances now, shared: it moves
+    /// as instances grow their memories and end. For the metrics registry to read at scrape
+    /// time.
+    pub fn linear_memory(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.linear_memory)
+    }
+
+    /// Bytes of wasm linear memory held by live instances now.
+    pub fn linear_memory_bytes(&self) -> u64 {
+        self.linear_memory.load(Ordering::Relaxed)
     }
 
     /// Whether `target` is loaded.
@@ -196,6 +217,7 @@ impl WasmRuntime {
                 .collect(),
             memory_limit: spec.memory,
             timeout,
+            measure_cpu: self.config.measure_cpu,
             ticks: ticks_for(timeout, self.config.epoch_tick),
             warm: AtomicBool::new(false),
             limit,
@@ -221,6 +243,7 @@ impl WasmRuntime {
                 &function.target.app,
                 &spec.secret_env,
             ),
+            linear_memory: Arc::clone(&self.linear_memory),
             artifact: match &function.artifact {
                 Artifact::File(path) => Some(path.clone()),
                 Artifact::Bytes(_) => None,

@@ -290,6 +290,8 @@ pub struct ObjectEvent {
     pub content_type: Option<String>,
     /// The trigger hop count of the invocation that made the change (0 from outside functions).
     pub hop: u32,
+    /// The W3C `traceparent` of the invocation that made the change, if it ran in a trace.
+    pub traceparent: Option<String>,
     /// When the change committed (millisecond precision).
     pub at: SystemTime,
 }
@@ -559,6 +561,7 @@ impl Objects {
             limit: MAX_OBJECT_BYTES,
             what: "the object",
             fix: "upload it in parts (multipart upload) instead",
+            traceparent: None,
         })
     }
 
@@ -570,11 +573,25 @@ impl Objects {
         body: &mut dyn Read,
         opts: PutOptions,
     ) -> Result<ObjectMeta, ObjectError> {
+        self.put_traced(bucket, key, body, opts, None)
+    }
+
+    /// [`Objects::put`] by an invocation running in a trace: the `created` event keeps its
+    /// `traceparent`, so the delivery continues the trace.
+    pub fn put_traced(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &mut dyn Read,
+        opts: PutOptions,
+        traceparent: Option<String>,
+    ) -> Result<ObjectMeta, ObjectError> {
         // Refuse before reading what may be gigabytes.
         validate_key(key)?;
         validate_options(&opts)?;
         self.require_bucket(bucket)?;
         let mut pending = self.begin_put()?;
+        pending.set_traceparent(traceparent);
         pending.copy_from(body)?;
         pending.commit(bucket, key, opts)
     }
@@ -666,6 +683,18 @@ impl Objects {
     /// Deletes the object at `key` for an invocation at trigger hop `hop`; `true` when there
     /// was one. In a watched bucket the delete of an object emits a `deleted` event.
     pub fn delete_at_hop(&self, bucket: &str, key: &str, hop: u32) -> Result<bool, ObjectError> {
+        self.delete_traced(bucket, key, hop, None)
+    }
+
+    /// [`Objects::delete_at_hop`] by an invocation running in a trace: its `deleted` event
+    /// keeps the invocation's `traceparent`, so the delivery continues the trace.
+    pub fn delete_traced(
+        &self,
+        bucket: &str,
+        key: &str,
+        hop: u32,
+        traceparent: Option<&str>,
+    ) -> Result<bool, ObjectError> {
         const DOING: &str = "deleting an object";
         let mut conn = self.writer();
         let removed = Self::write_tx(&mut conn, DOING, |tx| {
@@ -692,7 +721,8 @@ impl Objects {
             )
             .map_err(db(DOING))?;
             let now = time::to_millis(SystemTime::now());
-            let emitted = self.emit_event(tx, bucket, key, None, hop, now)?;
+            let cause = Cause { hop, traceparent };
+            let emitted = self.emit_event(tx, bucket, key, None, cause, now)?;
             Ok(Some((release_content(tx, &digest)?, emitted)))
         })?;
         match removed {
@@ -731,7 +761,7 @@ impl Objects {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, bucket, key, kind, size, etag, content_type, hop, at_ms
+                "SELECT seq, bucket, key, kind, size, etag, content_type, hop, at_ms, traceparent
                  FROM object_events ORDER BY seq LIMIT ?1",
             )
             .map_err(db(DOING))?;
@@ -747,12 +777,13 @@ impl Objects {
                     r.get::<_, Option<String>>(6)?,
                     r.get::<_, i64>(7)?,
                     r.get::<_, i64>(8)?,
+                    r.get::<_, Option<String>>(9)?,
                 ))
             })
             .map_err(db(DOING))?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, bucket, key, kind, size, etag, content_type, hop, at) =
+            let (seq, bucket, key, kind, size, etag, content_type, hop, at, traceparent) =
                 row.map_err(db(DOING))?;
             let Some(kind) = ObjectEventKind::parse(&kind) else {
                 return Err(ObjectError::Corrupt(format!(
@@ -768,6 +799,7 @@ impl Objects {
                 etag,
                 content_type,
                 hop: u32::try_from(hop).unwrap_or(u32::MAX),
+                traceparent,
                 at: time::from_millis(at),
             });
         }
@@ -795,9 +827,10 @@ impl Objects {
         bucket: &str,
         key: &str,
         written: Option<Written<'_>>,
-        hop: u32,
+        cause: Cause<'_>,
         at_ms: i64,
     ) -> Result<bool, ObjectError> {
+        let Cause { hop, traceparent } = cause;
         if !self.inner.watched.load().contains(bucket) {
             return Ok(false);
         }
@@ -811,8 +844,9 @@ impl Objects {
             None => (ObjectEventKind::Deleted, None, None, None),
         };
         tx.execute(
-            "INSERT INTO object_events (bucket, key, kind, size, etag, content_type, hop, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO object_events
+             (bucket, key, kind, size, etag, content_type, hop, at_ms, traceparent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 bucket,
                 key.as_bytes(),
@@ -821,7 +855,8 @@ impl Objects {
                 etag,
                 content_type,
                 hop,
-                at_ms
+                at_ms,
+                traceparent
             ],
         )
         .map_err(db("recording an object event"))?;
@@ -1214,6 +1249,14 @@ impl Objects {
     }
 }
 
+/// Who made a change, for its outbox row: the trigger hop count and the `traceparent` of the
+/// invocation (0 and none from outside functions).
+#[derive(Clone, Copy)]
+struct Cause<'a> {
+    hop: u32,
+    traceparent: Option<&'a str>,
+}
+
 /// The object a `created` event describes.
 struct Written<'a> {
     size: u64,
@@ -1246,6 +1289,8 @@ pub struct PendingPut {
     limit: u64,
     what: &'static str,
     fix: &'static str,
+    /// The `traceparent` of the invocation writing the object, for its `created` event.
+    traceparent: Option<String>,
 }
 
 impl fmt::Debug for PendingPut {
@@ -1257,6 +1302,12 @@ impl fmt::Debug for PendingPut {
 }
 
 impl PendingPut {
+    /// Marks the write as made by an invocation running in the trace `traceparent`: the
+    /// object's `created` event keeps it, so the delivery continues the trace.
+    pub fn set_traceparent(&mut self, traceparent: Option<String>) {
+        self.traceparent = traceparent;
+    }
+
     /// Appends `chunk`; fails with [`ObjectError::TooLarge`] once the object would pass
     /// [`MAX_OBJECT_BYTES`].
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), ObjectError> {
@@ -1343,6 +1394,7 @@ impl PendingPut {
         validate_key(key)?;
         validate_options(&opts)?;
         let objects = self.objects.clone();
+        let traceparent = self.traceparent.clone();
         let (tmp, digest, md5, size) = self.finish()?;
         let etag = etag.unwrap_or_else(|| hex::encode(md5));
         let meta_json = metadata_json(&opts.user_metadata);
@@ -1412,8 +1464,11 @@ impl PendingPut {
                     etag: &etag,
                     content_type: opts.content_type.as_deref(),
                 };
-                let emitted =
-                    objects.emit_event(tx, bucket, key, Some(written), opts.hop, now_ms)?;
+                let cause = Cause {
+                    hop: opts.hop,
+                    traceparent: traceparent.as_deref(),
+                };
+                let emitted = objects.emit_event(tx, bucket, key, Some(written), cause, now_ms)?;
                 Ok((released, emitted))
             })?;
             let (released, emitted) = released;

@@ -126,6 +126,8 @@ pub struct QueueMessage {
     pub content_type: Option<String>,
     /// The trigger hop count it was published at.
     pub hop: u32,
+    /// The W3C `traceparent` of the invocation that published it, if it ran in a trace.
+    pub traceparent: Option<String>,
     /// When it was published (millisecond precision).
     pub enqueued_at: SystemTime,
     /// How many times it was claimed, this claim included.
@@ -173,7 +175,7 @@ impl fmt::Debug for Queues {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "queue, id, seq, body, content_type, hop, enqueued_at_ms, receive_count";
+    "queue, id, seq, body, content_type, hop, enqueued_at_ms, receive_count, traceparent";
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueMessage> {
     Ok(QueueMessage {
@@ -185,6 +187,7 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueMessage> {
         hop: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
         enqueued_at: time::from_millis(r.get(6)?),
         receive_count: u32::try_from(r.get::<_, i64>(7)?).unwrap_or(u32::MAX),
+        traceparent: r.get(8)?,
     })
 }
 
@@ -273,6 +276,17 @@ impl Queues {
     /// before anything is stored, and they commit together (`synchronous=FULL`) before this
     /// returns, or none is stored.
     pub fn publish(&self, queue: &str, msgs: Vec<NewMessage>) -> Result<Vec<String>, QueueError> {
+        self.publish_traced(queue, msgs, None)
+    }
+
+    /// [`Queues::publish`] by an invocation running in a trace: the messages keep its
+    /// `traceparent`, so the deliveries they cause continue the trace.
+    pub fn publish_traced(
+        &self,
+        queue: &str,
+        msgs: Vec<NewMessage>,
+        traceparent: Option<&str>,
+    ) -> Result<Vec<String>, QueueError> {
         const DOING: &str = "publishing to a queue";
         for m in &msgs {
             if m.body.len() > MAX_MESSAGE_BYTES {
@@ -304,14 +318,23 @@ impl Queues {
                 let mut insert = tx
                     .prepare_cached(
                         "INSERT INTO queue_messages
-                         (queue, id, body, content_type, hop, enqueued_at_ms, visible_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                         (queue, id, body, content_type, hop, enqueued_at_ms, visible_at_ms,
+                          traceparent)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
                     )
                     .map_err(db(DOING))?;
                 for m in &msgs {
                     let id = ulid::Ulid::new().to_string();
                     insert
-                        .execute(params![queue, id, m.body, m.content_type, m.hop, now])
+                        .execute(params![
+                            queue,
+                            id,
+                            m.body,
+                            m.content_type,
+                            m.hop,
+                            now,
+                            traceparent
+                        ])
                         .map_err(db(DOING))?;
                     ids.push(id);
                 }
@@ -735,5 +758,19 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let got = store.queues().claim("jobs", 10, HOUR).unwrap();
         assert_eq!(bodies(&got), [b"kept"]);
+    }
+
+    #[test]
+    fn a_traced_publish_keeps_its_traceparent() {
+        let (_dir, store) = store();
+        let q = store.queues();
+        q.create("jobs").unwrap();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        q.publish_traced("jobs", vec![msg("a")], Some(parent))
+            .unwrap();
+        q.publish("jobs", vec![msg("b")]).unwrap();
+        let got = q.claim("jobs", 10, HOUR).unwrap();
+        let traces: Vec<Option<&str>> = got.iter().map(|m| m.traceparent.as_deref()).collect();
+        assert_eq!(traces, [Some(parent), None]);
     }
 }

@@ -359,8 +359,74 @@ const V11: &str = "
 ALTER TABLE logs ADD COLUMN level TEXT;
 ";
 
+/// Version 12: metering. Each invocation record gains what it is billed for (`billed_ms`,
+/// NULL on rows written before; the memory limit and peak, CPU time, and `kib_ms` = billed ms ×
+/// the memory limit in KiB, an exact integer from which GB-seconds are derived).
+///
+/// `usage` holds the aggregates the record writer upserts in each batch's transaction: one
+/// row per period (`minute`, `hour`, `day`), bucket start (Unix seconds, UTC), app, function,
+/// revision and trigger kind. `usage_runs` has a row per record writer run, its last commit
+/// moved forward as batches commit and `clean` set at an orderly stop; `usage_gaps` marks
+/// stretches whose usage may be undercounted: after a run that never stopped cleanly, and
+/// minutes in which records were dropped (one row per kind and start).
+const V12: &str = "
+ALTER TABLE invocations ADD COLUMN billed_ms INTEGER;
+ALTER TABLE invocations ADD COLUMN memory_limit_bytes INTEGER;
+ALTER TABLE invocations ADD COLUMN peak_memory_bytes INTEGER;
+ALTER TABLE invocations ADD COLUMN cpu_time_us INTEGER;
+ALTER TABLE invocations ADD COLUMN kib_ms INTEGER;
+
+CREATE TABLE usage (
+    period             TEXT    NOT NULL CHECK (period IN ('minute', 'hour', 'day')),
+    start_s            INTEGER NOT NULL,
+    app                TEXT    NOT NULL,
+    function           TEXT    NOT NULL,
+    revision           INTEGER NOT NULL,
+    trigger            TEXT    NOT NULL,
+    requests           INTEGER NOT NULL DEFAULT 0,
+    errors             INTEGER NOT NULL DEFAULT 0,
+    throttles          INTEGER NOT NULL DEFAULT 0,
+    cold_starts        INTEGER NOT NULL DEFAULT 0,
+    duration_us        INTEGER NOT NULL DEFAULT 0,
+    billed_ms          INTEGER NOT NULL DEFAULT 0,
+    kib_ms             INTEGER NOT NULL DEFAULT 0,
+    unmetered          INTEGER NOT NULL DEFAULT 0,
+    cpu_us             INTEGER NOT NULL DEFAULT 0,
+    bytes_in           INTEGER NOT NULL DEFAULT 0,
+    bytes_out          INTEGER NOT NULL DEFAULT 0,
+    outbound_requests  INTEGER NOT NULL DEFAULT 0,
+    outbound_bytes_out INTEGER NOT NULL DEFAULT 0,
+    peak_memory_bytes  INTEGER,
+    PRIMARY KEY (period, start_s, app, function, revision, trigger)
+) WITHOUT ROWID;
+
+CREATE TABLE usage_runs (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at_us  INTEGER NOT NULL,
+    last_commit_us INTEGER NOT NULL,
+    clean          INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE usage_gaps (
+    kind     TEXT    NOT NULL CHECK (kind IN ('unclean_stop', 'dropped')),
+    from_us  INTEGER NOT NULL,
+    until_us INTEGER NOT NULL,
+    records  INTEGER,
+    PRIMARY KEY (kind, from_us)
+) WITHOUT ROWID;
+";
+
+/// Version 13: trace context of function-initiated work. `queue_messages.traceparent` and
+/// `object_events.traceparent` keep the W3C `traceparent` of the invocation that published the
+/// message or changed the object (NULL from outside functions or without a trace), so the
+/// trigger delivery it causes continues that trace.
+const V13: &str = "
+ALTER TABLE queue_messages ADD COLUMN traceparent TEXT;
+ALTER TABLE object_events ADD COLUMN traceparent TEXT;
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

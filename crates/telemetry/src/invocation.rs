@@ -1,7 +1,11 @@
 //! The in-flight invocation handle. The gateway creates it, the runtime adds what only it knows
 //! (cold start, outcome, log lines), the response body adds bytes out; when the last clone is
 //! dropped — after the function finished and the response body ended — the record is emitted.
+//! It also carries the invocation's trace context and, when its trace is exported, the spans of
+//! its outbound calls, handed to the trace exporter with the record.
 
+use crate::otlp::{ChildSpan, FinishedSpans, MAX_OUTBOUND_SPANS, Tracer};
+use crate::trace::TraceContext;
 use nubo_core::{InvocationId, Outcome, limits};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -81,6 +85,19 @@ pub struct FinishedInvocation {
     pub outbound_bytes_out: u64,
     /// Bytes the function received from outbound requests (bodies).
     pub outbound_bytes_in: u64,
+    /// The memory the function was given (its `memory` limit), when the runtime said.
+    pub memory_limit_bytes: Option<u64>,
+    /// The most memory the invocation used, where the runtime can measure it: a wasm
+    /// instance's linear-memory high-water mark, a process worker's cgroup high-water mark.
+    pub peak_memory_bytes: Option<u64>,
+    /// CPU time spent running the function, where the runtime can measure it.
+    pub cpu_time: Option<Duration>,
+    /// From the start to the moment the invocation got its concurrency slot (the end of its
+    /// wait in the dispatcher's queue), when marked.
+    pub dispatched_after: Option<Duration>,
+    /// From the start to the moment the function began to run: its instance or worker was ready
+    /// (the end of instantiation or cold start), when marked.
+    pub running_after: Option<Duration>,
     /// Captured log lines.
     pub logs: Vec<LogEntry>,
     /// Whether some output was cut (a marker line says so too).
@@ -103,6 +120,8 @@ pub struct RecordSink {
     stats: Arc<RecordSinkStats>,
     /// Counts every finished invocation, written or dropped.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Exports the spans of sampled invocations, when tracing is on.
+    tracer: Option<Tracer>,
 }
 
 impl RecordSink {
@@ -118,9 +137,34 @@ impl RecordSink {
         self
     }
 
-    fn offer(&self, rec: FinishedInvocation) {
+    /// The same sink, also handing the spans of sampled invocations to `tracer`.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    /// Whether invocations' spans are exported (the server has an OTLP endpoint).
+    pub fn tracing(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    fn offer(&self, rec: FinishedInvocation, trace: Option<(TraceContext, Vec<ChildSpan>)>) {
         if let Some(metrics) = &self.metrics {
             metrics.observe(&rec);
+        }
+        if let (Some(tracer), Some((trace, outbound))) = (&self.tracer, trace) {
+            tracer.offer(FinishedSpans {
+                trace,
+                meta: rec.meta.clone(),
+                started_at: rec.started_at,
+                duration: rec.duration,
+                dispatched_after: rec.dispatched_after,
+                running_after: rec.running_after,
+                outcome: rec.outcome,
+                status: rec.status,
+                cold: rec.cold,
+                outbound,
+            });
         }
         match self.tx.try_send(rec) {
             Ok(()) => {
@@ -141,6 +185,7 @@ pub fn record_channel(capacity: usize) -> (RecordSink, Receiver<FinishedInvocati
             tx,
             stats: Arc::default(),
             metrics: None,
+            tracer: None,
         },
         rx,
     )
@@ -300,8 +345,46 @@ struct Inner {
     outbound_requests: AtomicU64,
     outbound_bytes_out: AtomicU64,
     outbound_bytes_in: AtomicU64,
+    /// Bytes; 0 until known.
+    memory_limit: AtomicU64,
+    /// Bytes; 0 until measured.
+    peak_memory: AtomicU64,
+    /// Nanoseconds of CPU time.
+    cpu_ns: AtomicU64,
+    /// Whether any CPU time was reported (a measured zero is still a measurement).
+    cpu_known: AtomicBool,
+    /// Microseconds from `start`, plus one; 0 until marked.
+    dispatched_us: AtomicU64,
+    /// Microseconds from `start`, plus one; 0 until marked.
+    running_us: AtomicU64,
     logs: Mutex<LogBuf>,
+    /// The trace the invocation runs in, when it has one.
+    trace: Option<TraceContext>,
+    /// Spans of its outbound calls; filled only while its trace is recorded.
+    outbound_spans: Mutex<Vec<ChildSpan>>,
     sink: RecordSink,
+}
+
+/// An outbound call in progress: the context its request carries, and when it began.
+#[derive(Debug)]
+pub struct OutboundSpan {
+    context: TraceContext,
+    start: Instant,
+    /// Whether the call becomes a span of its own (else its request carries the invocation's
+    /// context unchanged).
+    recorded: bool,
+}
+
+impl OutboundSpan {
+    /// The `traceparent` for the call's request.
+    pub fn traceparent(&self) -> String {
+        self.context.traceparent()
+    }
+
+    /// The `tracestate` for the call's request, if the trace carries one.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.context.tracestate.as_deref()
+    }
 }
 
 /// A handle on one invocation in flight. Clones share state; the record is emitted when the
@@ -312,6 +395,16 @@ pub struct Invocation(Arc<Inner>);
 impl Invocation {
     /// Starts the clock for a new invocation.
     pub fn start(meta: InvocationMeta, sink: &RecordSink) -> Self {
+        Invocation::start_traced(meta, sink, None)
+    }
+
+    /// Starts the clock for a new invocation that runs in `trace` (see
+    /// [`TraceContext::for_invocation`]).
+    pub fn start_traced(
+        meta: InvocationMeta,
+        sink: &RecordSink,
+        trace: Option<TraceContext>,
+    ) -> Self {
         Invocation(Arc::new(Inner {
             meta,
             started_at: SystemTime::now(),
@@ -326,9 +419,75 @@ impl Invocation {
             outbound_requests: AtomicU64::new(0),
             outbound_bytes_out: AtomicU64::new(0),
             outbound_bytes_in: AtomicU64::new(0),
+            memory_limit: AtomicU64::new(0),
+            peak_memory: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
+            cpu_known: AtomicBool::new(false),
+            dispatched_us: AtomicU64::new(0),
+            running_us: AtomicU64::new(0),
             logs: Mutex::new(LogBuf::default()),
+            trace,
+            outbound_spans: Mutex::new(Vec::new()),
             sink: sink.clone(),
         }))
+    }
+
+    /// The trace the invocation runs in: its span is the parent named by the `traceparent`
+    /// the function is given.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.0.trace.as_ref()
+    }
+
+    /// Whether the invocation's spans are exported: its trace is sampled and the server
+    /// exports traces.
+    pub fn recording(&self) -> bool {
+        self.0.trace.as_ref().is_some_and(|t| t.sampled) && self.0.sink.tracing()
+    }
+
+    /// Begins an outbound call: a child span when the invocation is recorded, else the
+    /// invocation's own context passed on. `None` when the invocation has no trace.
+    pub fn outbound_span(&self) -> Option<OutboundSpan> {
+        let trace = self.0.trace.as_ref()?;
+        let recorded = self.recording();
+        Some(OutboundSpan {
+            context: if recorded {
+                trace.child()
+            } else {
+                trace.clone()
+            },
+            start: Instant::now(),
+            recorded,
+        })
+    }
+
+    /// Ends an outbound call to `target` (`scheme://host:port`) that got `status` (none when it
+    /// failed). At most [`MAX_OUTBOUND_SPANS`] calls are kept per invocation.
+    pub fn end_outbound(
+        &self,
+        span: OutboundSpan,
+        method: &str,
+        target: &str,
+        status: Option<u16>,
+    ) {
+        if !span.recorded {
+            return;
+        }
+        let mut spans = self
+            .0
+            .outbound_spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if spans.len() >= MAX_OUTBOUND_SPANS {
+            return;
+        }
+        spans.push(ChildSpan {
+            span_id: span.context.span_id,
+            method: method.to_string(),
+            target: target.to_string(),
+            start: span.start.saturating_duration_since(self.0.start),
+            end: self.0.start.elapsed(),
+            status,
+        });
     }
 
     /// Identity of the invocation.
@@ -377,6 +536,34 @@ impl Invocation {
         inner
             .outbound_bytes_in
             .fetch_add(bytes_in, Ordering::Relaxed);
+    }
+
+    /// Records the memory the function was given (its configured limit), in bytes.
+    pub fn set_memory_limit(&self, bytes: u64) {
+        self.0.memory_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Reports memory in use, in bytes; the record keeps the highest value reported.
+    pub fn observe_memory(&self, bytes: u64) {
+        self.0.peak_memory.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds CPU time spent running the function; reports add up.
+    pub fn add_cpu_time(&self, cpu: Duration) {
+        let ns = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+        self.0.cpu_ns.fetch_add(ns, Ordering::Relaxed);
+        self.0.cpu_known.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the end of the wait for a concurrency slot. The first call counts.
+    pub fn mark_dispatched(&self) {
+        mark_once(&self.0.dispatched_us, self.0.start);
+    }
+
+    /// Marks the moment the function starts running, its instance or worker ready. The first
+    /// call counts.
+    pub fn mark_running(&self) {
+        mark_once(&self.0.running_us, self.0.start);
     }
 
     /// Outbound requests counted so far (for the per-invocation limit).
@@ -440,6 +627,25 @@ impl Invocation {
     }
 }
 
+/// Stores the time since `start` in `slot` (microseconds plus one) unless it is already set.
+fn mark_once(slot: &AtomicU64, start: Instant) {
+    let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+    let _ = slot.compare_exchange(
+        0,
+        us.saturating_add(1),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+}
+
+/// The offset stored by [`mark_once`], if any.
+fn marked(slot: &AtomicU64) -> Option<Duration> {
+    match slot.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(Duration::from_micros(us - 1)),
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         let now = Instant::now();
@@ -477,10 +683,35 @@ impl Drop for Inner {
             outbound_requests: self.outbound_requests.load(Ordering::Relaxed),
             outbound_bytes_out: self.outbound_bytes_out.load(Ordering::Relaxed),
             outbound_bytes_in: self.outbound_bytes_in.load(Ordering::Relaxed),
+            memory_limit_bytes: match self.memory_limit.load(Ordering::Relaxed) {
+                0 => None,
+                b => Some(b),
+            },
+            peak_memory_bytes: match self.peak_memory.load(Ordering::Relaxed) {
+                0 => None,
+                b => Some(b),
+            },
+            cpu_time: self
+                .cpu_known
+                .load(Ordering::Relaxed)
+                .then(|| Duration::from_nanos(self.cpu_ns.load(Ordering::Relaxed))),
+            dispatched_after: marked(&self.dispatched_us),
+            running_after: marked(&self.running_us),
             logs_truncated: logs.truncated,
             logs: std::mem::take(&mut logs.entries),
         };
-        self.sink.offer(rec);
+        let trace = match &self.trace {
+            Some(t) if t.sampled && self.sink.tracing() => Some((
+                t.clone(),
+                std::mem::take(
+                    self.outbound_spans
+                        .get_mut()
+                        .unwrap_or_else(|e| e.into_inner()),
+                ),
+            )),
+            _ => None,
+        };
+        self.sink.offer(rec, trace);
     }
 }
 
@@ -585,6 +816,62 @@ mod tests {
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn a_recorded_invocation_hands_its_spans_to_the_tracer() {
+        let (tracer, mut spans) = Tracer::channel(4);
+        let (sink, records) = record_channel(4);
+        let sink = sink.with_tracer(tracer);
+        let trace = TraceContext::root(true);
+        let inv = Invocation::start_traced(meta(), &sink, Some(trace.clone()));
+        assert!(inv.recording());
+        let call = inv.outbound_span().unwrap();
+        let header = call.traceparent();
+        inv.end_outbound(call, "GET", "http://example.com:80", Some(204));
+        inv.mark_dispatched();
+        inv.mark_running();
+        inv.finish(Outcome::Ok, None);
+        drop(inv);
+        assert!(records.try_recv().is_ok(), "the record is still written");
+        let got = spans.try_recv().unwrap();
+        assert_eq!(got.trace, trace);
+        assert_eq!(got.outbound.len(), 1);
+        let child = &got.outbound[0];
+        // The span the call's traceparent named is the one exported, under the same trace.
+        let named = TraceContext::parse_traceparent(header.as_bytes()).unwrap();
+        assert_eq!(named.trace_id, trace.trace_id);
+        assert_eq!(named.span_id, child.span_id);
+        assert_ne!(child.span_id, trace.span_id);
+        assert!(child.start <= child.end && child.end <= got.duration);
+        assert_eq!((child.method.as_str(), child.status), ("GET", Some(204)));
+        assert!(got.dispatched_after.unwrap() <= got.running_after.unwrap());
+    }
+
+    #[test]
+    fn unsampled_or_untraced_invocations_send_no_spans() {
+        let (tracer, mut spans) = Tracer::channel(4);
+        let (sink, _records) = record_channel(4);
+        let sink = sink.with_tracer(tracer);
+        let mut unsampled = TraceContext::root(false);
+        unsampled.tracestate = Some("a=1".into());
+        let inv = Invocation::start_traced(meta(), &sink, Some(unsampled.clone()));
+        assert!(!inv.recording());
+        // The call passes the invocation's own context on, unchanged.
+        let call = inv.outbound_span().unwrap();
+        assert_eq!(call.traceparent(), unsampled.traceparent());
+        assert_eq!(call.tracestate(), Some("a=1"));
+        inv.end_outbound(call, "GET", "http://example.com:80", Some(200));
+        drop(inv);
+        let untraced = Invocation::start(meta(), &sink);
+        assert!(untraced.outbound_span().is_none());
+        drop(untraced);
+        assert!(spans.try_recv().is_err());
+
+        // Without a tracer nothing is recorded even for a sampled trace.
+        let (plain, _records) = record_channel(4);
+        let inv = Invocation::start_traced(meta(), &plain, Some(TraceContext::root(true)));
+        assert!(!inv.recording());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Telemetry: tracing setup for the server and CLI, and the per-invocation handle that collects
-//! an invocation's record and log lines and hands them, once, to a bounded sink.
+//! an invocation's record and log lines and hands them, once, to a bounded sink; W3C trace
+//! context and the OTLP/HTTP export of invocation spans.
 //!
 //! Invariant: nothing here blocks or does IO on the request path. A finished invocation is
 //! offered to a bounded channel with `try_send`; when the writer falls behind, the record is
@@ -8,15 +9,23 @@
 mod invocation;
 mod mask;
 mod metrics;
+mod otlp;
+mod trace;
 
 pub use invocation::{
-    FinishedInvocation, Invocation, InvocationMeta, LOG_LEVELS, LogEntry, RecordSink,
+    FinishedInvocation, Invocation, InvocationMeta, LOG_LEVELS, LogEntry, OutboundSpan, RecordSink,
     RecordSinkStats, Stream, normalize_level, record_channel,
 };
 pub use mask::{LogMask, MIN_MASKED_BYTES};
 pub use metrics::{
     Exposition, FunctionGauges, Gauges, Metrics, MetricsLabels, Scope, TriggerGauges,
     resident_memory_bytes,
+};
+pub use otlp::{
+    MAX_OUTBOUND_SPANS, TRACE_QUEUE, TraceExporter, TraceStats, Tracer, trace_exporter, traces_url,
+};
+pub use trace::{
+    MAX_TRACESTATE_BYTES, SpanId, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext, TraceId,
 };
 
 /// How the server writes its own log (tracing) lines to stderr.

@@ -277,7 +277,23 @@ pub(crate) fn queue(
             target.lambda_event(hop, key, &ev)
         }
     };
-    Delivery { event, hop }
+    // A batch continues the trace of its first traced message (the delivery is one invocation).
+    let traced = msgs.iter().find_map(|m| m.traceparent.as_deref());
+    Delivery {
+        event: with_trace(event, traced),
+        hop,
+    }
+}
+
+/// The delivery carrying `traceparent` (of the invocation whose work caused it), so its
+/// invocation continues that trace.
+fn with_trace(mut event: NewEvent, traceparent: Option<&str>) -> NewEvent {
+    if let Some(t) = traceparent {
+        event
+            .headers
+            .push(("traceparent".into(), t.as_bytes().to_vec()));
+    }
+    event
 }
 
 fn sqs_record(queue: &str, m: &QueueMessage, now: SystemTime) -> SqsMessage {
@@ -401,7 +417,10 @@ pub(crate) fn object(target: &Target, ev: &ObjectEvent) -> Delivery {
             target.lambda_event(hop, key, &s3_event)
         }
     };
-    Delivery { event, hop }
+    Delivery {
+        event: with_trace(event, ev.traceparent.as_deref()),
+        hop,
+    }
 }
 
 /// A message payload as the JSON events show it: `(payload, content type)`. The payload is
@@ -539,7 +558,17 @@ pub(crate) fn nats(target: &Target, msg: &NatsMessage<'_>, now: SystemTime) -> D
             target.lambda_event(hop, key, &ev)
         }
     };
-    Delivery { event, hop }
+    // A publisher that traces its messages (W3C `traceparent` in the NATS headers) has its
+    // trace continued; the gateway checks the header like any caller's.
+    let traced = msg
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("traceparent"))
+        .map(|(_, v)| v.as_str());
+    Delivery {
+        event: with_trace(event, traced),
+        hop,
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ fn message(id: &str, body: &[u8], hop: u32) -> QueueMessage {
         body: body.to_vec(),
         content_type: None,
         hop,
+        traceparent: None,
         enqueued_at: at_ms(NEW_YEAR),
         receive_count: 2,
     }
@@ -251,7 +252,51 @@ fn object_event(kind: ObjectEventKind, key: &str, hop: u32) -> ObjectEvent {
         etag: created.then(|| "9b2cf535f27731c974343645a3985328".to_string()),
         content_type: created.then(|| "image/jpeg".to_string()),
         hop,
+        traceparent: None,
         at: at_ms(NEW_YEAR + 5),
+    }
+}
+
+#[test]
+fn deliveries_continue_the_trace_of_the_work_that_caused_them() {
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traces = |ev: &NewEvent| -> Vec<Vec<u8>> {
+        ev.headers
+            .iter()
+            .filter(|(k, _)| k == "traceparent")
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    for runtime in [Runtime::Wasm, Runtime::Process] {
+        let t = target("queue", runtime);
+        let untraced = message("m1", b"a", 0);
+        let mut traced = message("m2", b"b", 0);
+        traced.traceparent = Some(PARENT.into());
+        let d = queue(&t, "orders", &[untraced], at_ms(NEW_YEAR));
+        assert!(traces(&d.event).is_empty());
+        let d = queue(&t, "orders", &[traced], at_ms(NEW_YEAR));
+        assert_eq!(traces(&d.event), [PARENT.as_bytes()]);
+
+        let t = target("object", runtime);
+        let mut ev = object_event(ObjectEventKind::Created, "a.png", 1);
+        assert!(traces(&object(&t, &ev).event).is_empty());
+        ev.traceparent = Some(PARENT.into());
+        assert_eq!(traces(&object(&t, &ev).event), [PARENT.as_bytes()]);
+
+        let t = target("nats", runtime);
+        let mut msg = NatsMessage {
+            server: "nats://127.0.0.1:4222",
+            subject: "orders.created",
+            stream: None,
+            headers: vec![],
+            payload: b"x",
+        };
+        assert!(traces(&nats(&t, &msg, at_ms(NEW_YEAR)).event).is_empty());
+        msg.headers = vec![("Traceparent".into(), PARENT.into())];
+        assert_eq!(
+            traces(&nats(&t, &msg, at_ms(NEW_YEAR)).event),
+            [PARENT.as_bytes()]
+        );
     }
 }
 

@@ -4,7 +4,7 @@
 //! `/nubo/v1/kv` go to the key-value API of the stores the function binds (`kv`), paths under
 //! `/nubo/v1/obj` to the object storage API of the buckets it binds (`objects`), paths under
 //! `/nubo/v1/queues` to the publish API of the queues it binds (`queues`). Object writes and
-//! publishes carry the trigger hop count of the invocation in flight.
+//! publishes carry the trigger hop count and the trace of the invocation in flight.
 //!
 //! State machine per worker: no invocation is current until `/next` hands one out; only the
 //! current request id may answer, once. A second `/next` while one is current drops it
@@ -120,6 +120,8 @@ pub(crate) struct Channel {
     queues: Arc<QueueScope>,
     /// The hop count of the invocation last handed out (0 before the first).
     hop: AtomicU32,
+    /// The `traceparent` of the invocation last handed out, when it runs in a sampled trace.
+    traceparent: Mutex<Option<String>>,
 }
 
 struct Current {
@@ -139,6 +141,7 @@ impl Channel {
             objects: Arc::new(ObjScope::none()),
             queues: Arc::new(QueueScope::none()),
             hop: AtomicU32::new(0),
+            traceparent: Mutex::new(None),
         }
     }
 
@@ -163,6 +166,14 @@ impl Channel {
     /// The trigger hop count of the invocation in flight (of the last one handed out).
     fn hop(&self) -> u32 {
         self.hop.load(Ordering::Relaxed)
+    }
+
+    /// The trace of the invocation in flight, as a `traceparent` naming its span.
+    fn traceparent(&self) -> Option<String> {
+        self.traceparent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn take_current(&self, id: &str) -> Option<oneshot::Sender<Reply>> {
@@ -209,7 +220,7 @@ type ApiResponse = Response<Full<Bytes>>;
 /// Sends object storage requests to their API, whose answers may stream; the rest is buffered.
 async fn route(channel: &Channel, req: Request<Incoming>) -> Response<ObjBody> {
     if req.uri().path().starts_with(objects::PREFIX) {
-        return objects::handle(&channel.objects, channel.hop(), req).await;
+        return objects::handle(&channel.objects, channel.hop(), channel.traceparent(), req).await;
     }
     handle(channel, req).await.map(Either::Left)
 }
@@ -220,7 +231,7 @@ async fn handle(channel: &Channel, req: Request<Incoming>) -> ApiResponse {
         return kv::handle(&channel.kv, req).await;
     }
     if path.starts_with(queues::PREFIX) {
-        return queues::handle(&channel.queues, channel.hop(), req).await;
+        return queues::handle(&channel.queues, channel.hop(), channel.traceparent(), req).await;
     }
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return not_found(&path);
@@ -279,6 +290,15 @@ async fn next(channel: &Channel) -> ApiResponse {
     insert(headers, "lambda-runtime-invoked-function-arn", &job.arn);
     insert(headers, "lambda-runtime-trace-id", &job.trace_id);
     channel.hop.store(job.hop, Ordering::Relaxed);
+    // The trace id handed to the runtime is the invocation's trace in X-Ray form. Only a
+    // sampled one is passed on: an unsampled id may be a stand-in made for the runtime alone.
+    *channel
+        .traceparent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) =
+        nubo_telemetry::TraceContext::from_xray(&job.trace_id)
+            .filter(|t| t.sampled)
+            .map(|t| t.traceparent());
     *channel.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Current {
         id: job.request_id,
         reply: job.reply,

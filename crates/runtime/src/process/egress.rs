@@ -10,6 +10,11 @@
 //! the manifest names that address. A refusal is a 403 whose body names the host and the
 //! manifest line that would allow it. Requests and body bytes are counted on the invocation
 //! the worker is serving when they happen.
+//!
+//! A forwarded plain-HTTP request carries that invocation's trace: its `traceparent` is
+//! replaced by one naming a span for the call (or the invocation's context when it is not
+//! recorded). What goes through a CONNECT tunnel is encrypted end to end and cannot be changed,
+//! so HTTPS calls carry whatever the program sent and get no span.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -21,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use nubo_core::FunctionTarget;
 use nubo_core::egress::{Allowlist, ssrf_risk};
 use nubo_core::limits::{MAX_OUTBOUND_REQUESTS, OUTBOUND_REQUEST_TIMEOUT_MS};
-use nubo_telemetry::Invocation;
+use nubo_telemetry::{Invocation, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -416,6 +421,20 @@ async fn forward(egress: &Egress, req: Request<Incoming>) -> Response<ProxyBody>
         Some(pq) => Uri::from(pq.clone()),
         None => Uri::from_static("/"),
     };
+    let invocation = (egress.current)();
+    let span = invocation.as_ref().and_then(Invocation::outbound_span);
+    if let Some(span) = &span {
+        if let Ok(v) = HeaderValue::from_str(&span.traceparent()) {
+            parts.headers.insert(TRACEPARENT_HEADER, v);
+        }
+        parts.headers.remove(TRACESTATE_HEADER);
+        if let Some(state) = span.tracestate()
+            && let Ok(v) = HeaderValue::from_str(state)
+        {
+            parts.headers.insert(TRACESTATE_HEADER, v);
+        }
+    }
+    let method = parts.method.as_str().to_owned();
     let counter = Arc::clone(&egress.current);
     let body = body
         .map_frame(move |frame| {
@@ -429,7 +448,15 @@ async fn forward(egress: &Egress, req: Request<Incoming>) -> Response<ProxyBody>
         Duration::from_millis(OUTBOUND_REQUEST_TIMEOUT_MS),
         sender.send_request(Request::from_parts(parts, body)),
     );
-    let response = match answer.await {
+    let answered = answer.await;
+    if let (Some(span), Some(invocation)) = (span, &invocation) {
+        let status = match &answered {
+            Ok(Ok(response)) => Some(response.status().as_u16()),
+            _ => None,
+        };
+        invocation.end_outbound(span, &method, &format!("http://{host}:{port}"), status);
+    }
+    let response = match answered {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             return egress.refuse(&Refusal::Unreachable {
@@ -619,6 +646,14 @@ mod tests {
 
     /// A proxy for `allowed`, counting on one invocation in flight.
     async fn proxy(allowed: &[String]) -> Proxy {
+        proxy_traced(allowed, None).await
+    }
+
+    /// [`proxy`] with the invocation in flight running in `trace`.
+    async fn proxy_traced(
+        allowed: &[String],
+        trace: Option<nubo_telemetry::TraceContext>,
+    ) -> Proxy {
         let allowlist = Arc::new(Allowlist::parse(allowed).unwrap());
         let (sink, records) = record_channel(4);
         let target = FunctionTarget {
@@ -626,7 +661,7 @@ mod tests {
             function: "api".into(),
             revision: 1,
         };
-        let invocation = Invocation::start(
+        let invocation = Invocation::start_traced(
             InvocationMeta {
                 id: InvocationId::new(),
                 app: Arc::clone(&target.app),
@@ -635,6 +670,7 @@ mod tests {
                 trigger: "invoke",
             },
             &sink,
+            trace,
         );
         let slot = Arc::new(std::sync::Mutex::new(Some(invocation.clone())));
         let held = Arc::clone(&slot);
@@ -666,6 +702,31 @@ mod tests {
 
     fn get(url: &str) -> String {
         format!("GET {url} HTTP/1.1\r\nHost: ignored.example\r\nConnection: close\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_request_carries_the_invocations_trace() {
+        let (port, mut seen) = upstream().await;
+        let trace = nubo_telemetry::TraceContext::root(true);
+        let p = proxy_traced(&[format!("http://127.0.0.1:{port}")], Some(trace.clone())).await;
+        let answer = exchange(
+            p.port,
+            &format!(
+                "GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\
+                 traceparent: 00-11111111111111111111111111111111-2222222222222222-01\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let head = seen.recv().await.unwrap().to_ascii_lowercase();
+        // The server exports no traces here, so the call carries the invocation's own context
+        // in place of what the program sent.
+        assert!(
+            head.contains(&format!("traceparent: {}\r\n", trace.traceparent())),
+            "{head}"
+        );
+        assert_eq!(head.matches("traceparent").count(), 1, "{head}");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use super::event::{self, EventContext};
 use super::pool::{INIT_TIMEOUT, Lease};
 use super::{ProcessFunction, env};
 use crate::limits::Permit;
+use crate::sandbox::Reading;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
@@ -32,6 +33,9 @@ pub(crate) async fn invoke(
     permit: Permit,
 ) -> Result<Response<Body>, InvokeError> {
     let invocation = request.extensions_mut().remove::<Invocation>();
+    if let Some(invocation) = &invocation {
+        invocation.set_memory_limit(function.memory);
+    }
     let result = run(&function, request, invocation.as_ref(), permit).await;
     if let (Err(e), Some(invocation)) = (&result, &invocation) {
         // The worker's last lines are in the log already: note only what happened.
@@ -114,12 +118,21 @@ async fn run(
         request_id,
         deadline_ms: env::epoch_ms(SystemTime::now() + function.timeout),
         arn: Arc::clone(&function.arn),
-        trace_id: env::trace_id(now),
+        // The invocation's own span, so `_X_AMZN_TRACE_ID` continues the caller's trace.
+        trace_id: invocation
+            .and_then(Invocation::trace)
+            .map_or_else(|| env::trace_id(now), nubo_telemetry::TraceContext::xray),
         payload,
         hop,
         reply,
     };
     let mut status = lease.worker().channel.status.subscribe();
+    // From here to the answer (or the end of a streamed body) the worker works for this
+    // invocation alone: a worker serves one at a time.
+    if let Some(invocation) = invocation {
+        invocation.mark_running();
+    }
+    let usage = lease.worker().meter.start();
     if lease.worker().jobs.send(job).await.is_err() {
         lease.discard();
         return Err(ended(function, &status.borrow()));
@@ -132,6 +145,8 @@ async fn run(
             return Err(ended(function, &status.borrow()));
         }
         () = tokio::time::sleep_until(deadline) => {
+            // A timed-out invocation used what it used until now; the worker then stops.
+            measured(&lease, usage, invocation);
             lease.discard();
             return Err(timeout(function));
         }
@@ -152,6 +167,7 @@ async fn run(
 
     match reply {
         Reply::Response(result) => {
+            measured(&lease, usage, invocation);
             drop(lease);
             let response = if routed {
                 event::http_response(&result)
@@ -166,6 +182,7 @@ async fn run(
             Ok(hold(response, permit))
         }
         Reply::Error(document) => {
+            measured(&lease, usage, invocation);
             drop(lease);
             if let Some(invocation) = invocation {
                 invocation.finish(Outcome::FunctionError, None);
@@ -178,6 +195,7 @@ async fn run(
             Ok(hold(response, permit))
         }
         Reply::TooLarge => {
+            measured(&lease, usage, invocation);
             drop(lease);
             Err(InvokeError::BadResponse {
                 message: format!(
@@ -191,6 +209,7 @@ async fn run(
                 chunks: body,
                 first: None,
                 lease: Some(lease),
+                usage: Some(usage),
                 invocation: invocation.cloned(),
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
                 timeout_ms: timeout_ms(function),
@@ -215,6 +234,18 @@ async fn run(
                 .insert(header::CONTENT_TYPE, content_type);
             Ok(response)
         }
+    }
+}
+
+/// Reports what the worker of `lease` used since `usage` was read on `invocation`.
+fn measured(lease: &Lease, usage: Reading, invocation: Option<&Invocation>) {
+    let Some(invocation) = invocation else { return };
+    let used = lease.worker().meter.finish(usage);
+    if let Some(bytes) = used.peak_memory {
+        invocation.observe_memory(bytes);
+    }
+    if let Some(cpu) = used.cpu_time {
+        invocation.add_cpu_time(cpu);
     }
 }
 
@@ -322,6 +353,8 @@ struct StreamBody {
     /// Body bytes that arrived with the prelude.
     first: Option<Bytes>,
     lease: Option<Lease>,
+    /// The worker's usage at the start, measured again when the stream ends.
+    usage: Option<Reading>,
     invocation: Option<Invocation>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout_ms: u64,
@@ -378,6 +411,13 @@ impl StreamBody {
         }
     }
 
+    /// Reports the worker's usage, while it still serves this invocation.
+    fn measure(&mut self) {
+        if let (Some(lease), Some(usage)) = (&self.lease, self.usage.take()) {
+            measured(lease, usage, self.invocation.as_ref());
+        }
+    }
+
     fn end(&mut self, outcome: Outcome, log: Option<&str>) {
         self.ended = true;
         if let Some(invocation) = &self.invocation {
@@ -410,11 +450,13 @@ impl http_body::Body for StreamBody {
             Poll::Ready(Some(Chunk::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
             Poll::Ready(Some(Chunk::End)) => {
                 // Done: the worker goes back to the pool.
+                self.measure();
                 self.lease = None;
                 self.end(Outcome::Ok, None);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Chunk::Failed(message))) => {
+                self.measure();
                 self.lease = None;
                 self.end(Outcome::FunctionError, Some(&message));
                 Poll::Ready(Some(Err(message.into())))
@@ -427,6 +469,7 @@ impl http_body::Body for StreamBody {
             }
             Poll::Pending => {
                 if self.deadline.as_mut().poll(cx).is_ready() {
+                    self.measure();
                     self.stop_worker();
                     let message = format!(
                         "the function ran longer than its {} ms timeout while streaming",

@@ -101,15 +101,26 @@ enum Op {
     List,
 }
 
-/// Serves one request whose path starts with [`PREFIX`]; its writes and deletes carry `hop`.
-pub(crate) async fn handle(scope: &ObjScope, hop: u32, req: Request<Incoming>) -> ObjResponse {
-    match serve(scope, hop, req).await {
+/// Serves one request whose path starts with [`PREFIX`]; its writes and deletes carry `hop`
+/// and the invocation's `traceparent`.
+pub(crate) async fn handle(
+    scope: &ObjScope,
+    hop: u32,
+    traceparent: Option<String>,
+    req: Request<Incoming>,
+) -> ObjResponse {
+    match serve(scope, hop, traceparent, req).await {
         Ok(response) => response,
         Err(e) => e.into_response().map(Either::Left),
     }
 }
 
-async fn serve(scope: &ObjScope, hop: u32, req: Request<Incoming>) -> Result<ObjResponse, Failure> {
+async fn serve(
+    scope: &ObjScope,
+    hop: u32,
+    traceparent: Option<String>,
+    req: Request<Incoming>,
+) -> Result<ObjResponse, Failure> {
     let (bucket, op) = parse(req.method(), req.uri().path())?;
     if !scope.bound.contains(&bucket) {
         return Err(not_bound(scope, &bucket));
@@ -142,11 +153,12 @@ async fn serve(scope: &ObjScope, hop: u32, req: Request<Incoming>) -> Result<Obj
         }
         Op::Put(key) => {
             query.only(&[])?;
-            put(objects, bucket, key, hop, req).await
+            put(objects, bucket, key, hop, traceparent, req).await
         }
         Op::Delete(key) => {
             query.only(&[])?;
-            blocking(move || objects.delete_at_hop(&bucket, &key, hop)).await?;
+            blocking(move || objects.delete_traced(&bucket, &key, hop, traceparent.as_deref()))
+                .await?;
             Ok(buffered(StatusCode::NO_CONTENT, Bytes::new()))
         }
         Op::List => {
@@ -261,6 +273,7 @@ async fn put(
     bucket: String,
     key: String,
     hop: u32,
+    traceparent: Option<String>,
     req: Request<Incoming>,
 ) -> Result<ObjResponse, Failure> {
     let opts = put_options(req.headers(), hop)?;
@@ -286,6 +299,7 @@ async fn put(
             return Err(ObjectError::NoSuchBucket(bucket));
         }
         let mut pending: PendingPut = objects.begin_put()?;
+        pending.set_traceparent(traceparent);
         loop {
             match received.blocking_recv() {
                 Some(Piece::Data(chunk)) => pending.write(&chunk)?,

@@ -46,13 +46,15 @@ impl QueueScope {
     }
 }
 
-/// Serves one request whose path starts with [`PREFIX`]; messages it publishes carry `hop`.
+/// Serves one request whose path starts with [`PREFIX`]; messages it publishes carry `hop`
+/// and the invocation's `traceparent`.
 pub(crate) async fn handle(
     scope: &QueueScope,
     hop: u32,
+    traceparent: Option<String>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    match serve(scope, hop, req).await {
+    match serve(scope, hop, traceparent, req).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -61,6 +63,7 @@ pub(crate) async fn handle(
 async fn serve(
     scope: &QueueScope,
     hop: u32,
+    traceparent: Option<String>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Failure> {
     let queue = parse(req.method(), req.uri().path())?;
@@ -94,15 +97,17 @@ async fn serve(
         content_type,
         hop,
     };
-    let published = tokio::task::spawn_blocking(move || queues.publish(&queue, vec![message]))
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "a queue publish did not finish");
-            Failure::new(
-                ErrorCode::Internal,
-                "the queue publish did not finish; the server log has details",
-            )
-        })?;
+    let published = tokio::task::spawn_blocking(move || {
+        queues.publish_traced(&queue, vec![message], traceparent.as_deref())
+    })
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "a queue publish did not finish");
+        Failure::new(
+            ErrorCode::Internal,
+            "the queue publish did not finish; the server log has details",
+        )
+    })?;
     let id = published
         .map_err(failure)?
         .into_iter()
@@ -367,6 +372,52 @@ mod tests {
             assert_eq!(claimed.len(), 1);
             assert_eq!(claimed[0].hop, 4);
             assert_eq!(claimed[0].content_type, None);
+            // The stand-in trace id is no trace to continue.
+            assert_eq!(claimed[0].traceparent, None);
+        }
+
+        #[tokio::test]
+        async fn messages_carry_the_trace_of_the_invocation_in_flight() {
+            let s = served(&["orders"]).await;
+            let (reply, _replied) = tokio::sync::oneshot::channel();
+            let trace = nubo_telemetry::TraceContext::root(true);
+            let job = Job {
+                request_id: "r1".into(),
+                deadline_ms: 1_700_000_000_000,
+                arn: "arn:aws:lambda:local:000000000000:function:a-f:1".into(),
+                trace_id: trace.xray(),
+                payload: Bytes::from_static(b"{}"),
+                hop: 0,
+                reply,
+            };
+            s.jobs.send(job).await.unwrap();
+            let (status, _) = call(
+                s.addr,
+                "GET",
+                "/2018-06-01/runtime/invocation/next",
+                &[],
+                vec![],
+            )
+            .await;
+            assert_eq!(status, 200);
+            let (status, body) = call(
+                s.addr,
+                "POST",
+                "/nubo/v1/queues/orders/messages",
+                &[],
+                b"x".to_vec(),
+            )
+            .await;
+            assert_eq!(status, 201, "{body}");
+            let claimed = s
+                .store
+                .queues()
+                .claim("orders", 10, Duration::from_secs(30))
+                .unwrap();
+            assert_eq!(
+                claimed[0].traceparent.as_deref(),
+                Some(trace.traceparent().as_str())
+            );
         }
 
         #[tokio::test]

@@ -99,6 +99,16 @@ pub struct ServerArgs {
     /// function) or revision (app, function and revision). Bounds how many series a scrape has.
     #[arg(long, env = "NUBO_METRICS_LABELS", default_value = "function", value_parser = ["none", "app", "function", "revision"])]
     pub metrics_labels: String,
+    /// Send OpenTelemetry traces (a span per invocation, with its phases and outbound calls)
+    /// over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (`/v1/traces` is added
+    /// unless given). Off when unset.
+    #[arg(long, env = "NUBO_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// Turn off the per-invocation telemetry that costs time on the request path: the
+    /// Prometheus endpoint and its invocation metrics, and the CPU-time measurement of wasm
+    /// invocations. Records, logs and usage (without CPU time) are still kept.
+    #[arg(long, env = "NUBO_NO_TELEMETRY", conflicts_with = "otlp_endpoint")]
+    pub no_telemetry: bool,
     /// A host path mounted read-only at the same place inside every process sandbox (for a
     /// language runtime installed outside /usr); repeat for more.
     #[arg(long = "sandbox-ro", value_name = "PATH")]
@@ -108,6 +118,96 @@ pub struct ServerArgs {
     /// `nubo s3 credentials` (NUBO_S3_ACCESS_KEY and NUBO_S3_SECRET_KEY set it).
     #[arg(long, env = "NUBO_S3_LISTEN", default_value = "127.0.0.1:7701", value_parser = parse_listen_or_off)]
     pub s3_listen: ListenOrOff,
+    /// Usage metering and prices (`nubo usage`).
+    #[command(flatten)]
+    pub usage: UsageServerArgs,
+}
+
+/// Server options of metering: how wall time is billed, the price table `nubo usage` turns
+/// usage into cost with (defaults: AWS Lambda x86 public prices), and how long aggregates are
+/// kept. Cost is computed when a report is made, with the prices the server runs with then.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UsageServerArgs {
+    /// Price of one million requests.
+    #[arg(long, env = "NUBO_PRICE_PER_MILLION_REQUESTS", default_value_t = nubo_store::usage::DEFAULT_PRICE_PER_MILLION_REQUESTS, value_parser = nubo_store::usage::parse_price, value_name = "PRICE")]
+    pub price_per_million_requests: f64,
+    /// Price of one GB-second (billed seconds × memory limit in GB, 1 GB = 1024 MiB).
+    #[arg(long, env = "NUBO_PRICE_PER_GB_SECOND", default_value_t = nubo_store::usage::DEFAULT_PRICE_PER_GB_SECOND, value_parser = nubo_store::usage::parse_price, value_name = "PRICE")]
+    pub price_per_gb_second: f64,
+    /// Price of one GB (2^30 bytes) sent out: response bodies and outbound request bodies.
+    #[arg(long, env = "NUBO_PRICE_PER_GB_OUT", default_value_t = nubo_store::usage::DEFAULT_PRICE_PER_GB_OUT, value_parser = nubo_store::usage::parse_price, value_name = "PRICE")]
+    pub price_per_gb_out: f64,
+    /// Wall time is billed rounded up to a multiple of this: whole milliseconds from 1ms to
+    /// 1m, like "1ms" or "100ms".
+    #[arg(long, env = "NUBO_BILLING_GRANULARITY", default_value = "1ms", value_parser = parse_granularity, value_name = "DURATION")]
+    pub billing_granularity: std::time::Duration,
+    /// How long per-minute usage is kept, like "7d".
+    #[arg(long, env = "NUBO_KEEP_USAGE_MINUTES", default_value = "7d", value_parser = nubo_store::usage::parse_span, value_name = "SPAN")]
+    pub keep_usage_minutes: std::time::Duration,
+    /// How long per-hour usage is kept, like "90d".
+    #[arg(long, env = "NUBO_KEEP_USAGE_HOURS", default_value = "90d", value_parser = nubo_store::usage::parse_span, value_name = "SPAN")]
+    pub keep_usage_hours: std::time::Duration,
+    /// How long per-day usage is kept, like "730d" (default: forever).
+    #[arg(long, env = "NUBO_KEEP_USAGE_DAYS", value_parser = nubo_store::usage::parse_span, value_name = "SPAN")]
+    pub keep_usage_days: Option<std::time::Duration>,
+}
+
+fn parse_granularity(s: &str) -> Result<std::time::Duration, String> {
+    let g = nubo_core::parse_duration(s)?;
+    nubo_store::usage::check_granularity(g)?;
+    Ok(g)
+}
+
+/// Options of `nubo usage`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct UsageArgs {
+    /// Export per-invocation usage records instead of a report.
+    #[command(subcommand)]
+    pub command: Option<UsageCommand>,
+    /// Only this app.
+    #[arg(long, value_name = "A")]
+    pub app: Option<String>,
+    /// Only this function.
+    #[arg(long, value_name = "F")]
+    pub function: Option<String>,
+    /// Start: a span back from now (30m, 12h, 7d, 2w) or an RFC 3339 time or date [default: 7d].
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// End, in the same forms as --since [default: now].
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Grouping: per function, per revision (with cost per 1,000 invocations side by side),
+    /// per UTC day or hour.
+    #[arg(long, default_value = "function", value_parser = ["function", "revision", "day", "hour"])]
+    pub by: String,
+    /// Output format.
+    #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+    pub format: String,
+}
+
+/// `nubo usage` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum UsageCommand {
+    /// Print per-invocation usage records as JSON lines, oldest first; each `id` is the
+    /// invocation id, unique per record, for deduplication.
+    Export {
+        /// Start: a span back from now (30m, 12h, 7d) or an RFC 3339 time or date.
+        #[arg(long, value_name = "WHEN")]
+        since: String,
+        /// End, in the same forms as --since [default: now].
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// Only this app.
+        #[arg(long, value_name = "A")]
+        app: Option<String>,
+        /// Only this function.
+        #[arg(long, value_name = "F")]
+        function: Option<String>,
+        /// Output format.
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+    },
 }
 
 /// A listener address, or `None` for `off`.
@@ -304,6 +404,9 @@ pub enum Command {
     },
     /// Show function log lines, filtered on the server.
     Logs(LogsArgs),
+    /// Report usage and its cost (requests, errors, billed GB-seconds, bytes out), or export
+    /// per-invocation usage records.
+    Usage(UsageArgs),
     /// Show recent invocation records of an app, or with --status / --async its async
     /// invocations.
     Invocations {
@@ -586,4 +689,12 @@ pub enum ObjCommand {
 
 fn parse_log_format(s: &str) -> Result<nubo_telemetry::LogFormat, String> {
     s.parse()
+}
+
+/// An OTLP/HTTP endpoint, checked before the server starts (an empty value turns export off).
+fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    if !s.trim().is_empty() {
+        nubo_telemetry::traces_url(s)?;
+    }
+    Ok(s.to_string())
 }

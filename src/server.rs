@@ -21,6 +21,9 @@ use tokio::net::TcpListener;
 /// How many finished invocations may wait for the record writer before new ones are counted
 /// as dropped. Bounds memory when the disk is slow.
 const RECORD_QUEUE: usize = 16 * 1024;
+/// Longest wait at shutdown for the collector to take the last spans: a collector that is
+/// down must not hold the server's exit.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A secret setting: its `Debug` form never shows the value, so a logged or printed
 /// configuration cannot leak it.
@@ -69,6 +72,13 @@ pub struct ServerConfig {
     /// How far `/_nubo/metrics` breaks figures down: by app, function (the default) and
     /// revision, or not at all. Each step multiplies the series a scraper stores.
     pub metrics_labels: nubo_telemetry::MetricsLabels,
+    /// How invocations are metered and priced, and how long usage aggregates are kept.
+    pub usage: nubo_store::UsageSettings,
+    /// Where traces go (an OTLP/HTTP collector's base URL); `None` exports none.
+    pub otlp_endpoint: Option<String>,
+    /// Whether invocation metrics (and `/_nubo/metrics`) and wasm CPU-time measurement are on
+    /// (`--no-telemetry` turns them off).
+    pub telemetry: bool,
 }
 
 /// The default state directory: `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
@@ -88,6 +98,8 @@ pub struct Server {
     listener: TcpListener,
     gateway: Arc<Gateway>,
     writer: nubo_store::RecordWriter,
+    /// The trace exporter, when traces are exported.
+    traces: Option<nubo_telemetry::TraceExporter>,
     /// The S3 endpoint's listener and service, when it runs.
     s3: Option<(TcpListener, nubo_gateway::s3::S3Service)>,
     s3_addr: Option<SocketAddr>,
@@ -115,6 +127,10 @@ impl Server {
                 config.listen
             );
         }
+        config
+            .usage
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid usage settings: {e}"))?;
         let started = Instant::now();
         let store = Arc::new(
             Store::open(&config.data_dir)
@@ -162,6 +178,7 @@ impl Server {
                 objects: Some(store.objects()),
                 queues: Some(store.queues()),
                 secrets: Some(store.secrets()?),
+                measure_cpu: config.telemetry,
                 ..RuntimeConfig::default()
             })
             .context("starting the wasm runtime")?,
@@ -169,10 +186,26 @@ impl Server {
         // Invocations are counted as their records are emitted, through pre-built metric
         // families (no lock held across an await, nothing allocated once a series exists).
         let metrics = nubo_telemetry::Metrics::new(config.metrics_labels);
+        metrics.track_wasm_memory(runtime.linear_memory());
         let (sink, rx) = nubo_telemetry::record_channel(RECORD_QUEUE);
-        let sink = sink.with_metrics(metrics.clone());
+        let sink = if config.telemetry {
+            sink.with_metrics(metrics.clone())
+        } else {
+            sink
+        };
+        // Spans leave through their own bounded queue to a batching exporter task.
+        let (sink, traces) = match &config.otlp_endpoint {
+            Some(endpoint) => {
+                let (tracer, exporter) =
+                    nubo_telemetry::trace_exporter(endpoint).map_err(anyhow::Error::msg)?;
+                (sink.with_tracer(tracer), Some(exporter))
+            }
+            None => (sink, None),
+        };
+        // Records the sink drops are marked in the usage data, so the loss shows in reports.
+        store.configure_usage(config.usage);
         let writer = store
-            .spawn_record_writer_with(rx, config.retention)
+            .spawn_metered_record_writer(rx, config.retention, Some(sink.stats().clone()))
             .context("starting the record writer")?;
         let control = Arc::new(Control::with_retention(
             store,
@@ -257,7 +290,9 @@ impl Server {
             Some((event_writer, pending)),
         );
         gateway.start_deliverer();
-        gateway.set_metrics(metrics.clone());
+        if config.telemetry {
+            gateway.set_metrics(metrics.clone());
+        }
         // Triggers deliver through the gateway's async machinery, and follow each app's
         // serving revision from now on.
         let triggers = Triggers::start(
@@ -276,6 +311,7 @@ impl Server {
             listener,
             gateway,
             writer,
+            traces,
             s3,
             s3_addr,
             drain_timeout: config.drain_timeout,
@@ -302,6 +338,7 @@ impl Server {
             listener,
             gateway,
             writer,
+            traces,
             s3,
             drain_timeout,
             triggers,
@@ -338,6 +375,10 @@ impl Server {
         s3?;
         // Give finished responses a moment to release their records, then flush them all.
         tokio::task::spawn_blocking(move || writer.shutdown()).await?;
+        // Every invocation has ended by now: its spans are queued, and go out last.
+        if let Some(traces) = traces {
+            traces.shutdown(TRACE_FLUSH_TIMEOUT).await;
+        }
         Ok(())
     }
 }

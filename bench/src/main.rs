@@ -12,6 +12,7 @@ mod process;
 mod procs;
 mod report;
 mod state;
+mod telemetry;
 mod wrk;
 
 use anyhow::{Context as _, bail, ensure};
@@ -306,6 +307,7 @@ fn run() -> anyhow::Result<()> {
     b.asynchronous(perf_target);
     b.process(perf_target);
     b.state(perf_target);
+    b.telemetry(perf_target.is_some());
 
     // Start-up and memory run on fresh processes.
     let mut nubo_proc = None;

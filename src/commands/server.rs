@@ -34,6 +34,19 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
             .filter(|k| !k.is_empty())
             .map(Hidden),
         metrics_labels: args.metrics_labels.parse().unwrap_or_default(),
+        usage: nubo_store::UsageSettings {
+            granularity: args.usage.billing_granularity,
+            prices: nubo_core::api::v1::UsagePrices {
+                per_million_requests: args.usage.price_per_million_requests,
+                per_gb_second: args.usage.price_per_gb_second,
+                per_gb_out: args.usage.price_per_gb_out,
+            },
+            keep_minutes: args.usage.keep_usage_minutes,
+            keep_hours: args.usage.keep_usage_hours,
+            keep_days: args.usage.keep_usage_days,
+        },
+        otlp_endpoint: args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
+        telemetry: !args.no_telemetry,
     }
 }
 

@@ -147,6 +147,7 @@ fn metrics_are_valid_and_count_invocations() {
         "nubo_async_oldest_age_seconds",
         "nubo_store_operation_duration_seconds_count",
         "nubo_records_dropped_total",
+        "nubo_wasm_linear_memory_bytes",
     ] {
         assert!(
             samples(&text).iter().any(|(n, _, _)| n == name),
@@ -162,6 +163,25 @@ fn metrics_are_valid_and_count_invocations() {
         }
     }
     assert!(!text.contains("/echo/hello"), "a path became a label");
+    // Every instance has ended: none holds linear memory.
+    assert_eq!(
+        sum(&text, "nubo_wasm_linear_memory_bytes", &[]),
+        0.0,
+        "{text}"
+    );
+    // A sleeping instance holds its memory until it ends.
+    let addr = s.addr;
+    let sleeper = std::thread::spawn(move || http(addr, "GET", "/echo/sleep?ms=3000", &[], b""));
+    let held = eventually(Duration::from_secs(20), || {
+        let held = sum(&scrape(&s).text(), "nubo_wasm_linear_memory_bytes", &[]);
+        (held > 0.0).then_some(held)
+    });
+    assert!(held >= 65_536.0, "at least one wasm page: {held}");
+    assert_eq!(sleeper.join().unwrap().status, 200);
+    eventually(Duration::from_secs(20), || {
+        let held = sum(&scrape(&s).text(), "nubo_wasm_linear_memory_bytes", &[]);
+        (held == 0.0).then_some(())
+    });
 
     // A scraper that asks for OpenMetrics gets it.
     let r = http(
@@ -221,6 +241,39 @@ fn metrics_follow_the_admin_key() {
         r.text().contains("# TYPE nubo_async_backlog gauge"),
         "{}",
         r.text()
+    );
+}
+
+#[test]
+fn telemetry_can_be_turned_off() {
+    let s = Server::start_with(&["--no-telemetry"]);
+    let app = guest_app("echo", "echo", &guest("echo"), "", &["/echo/..."]);
+    s.ok(&["deploy", "--no-build", app.path().to_str().unwrap()]);
+    let r = http(s.addr, "GET", "/echo/hello", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.header("nubo-invocation-id").unwrap().to_string();
+    // The record and its usage are kept, without the CPU time that was not measured.
+    let usage = s.invocation(&id)["record"]["usage"].clone();
+    assert!(usage["billed_ms"].as_u64().unwrap() >= 1, "{usage}");
+    assert!(usage["peak_memory_bytes"].as_u64().unwrap() > 0, "{usage}");
+    assert!(usage.get("cpu_time_us").is_none(), "{usage}");
+    let r = http(s.addr, "GET", "/_nubo/metrics", &[], b"");
+    r.assert_error(404, "not_found");
+    assert!(r.text().contains("--no-telemetry"), "{}", r.text());
+
+    // Traces need the telemetry it turns off: asking for both is refused before starting.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(nubo_bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--no-telemetry"])
+        .args(["--otlp-endpoint", "http://127.0.0.1:4318", "--data-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--no-telemetry") && err.contains("--otlp-endpoint"),
+        "{err}"
     );
 }
 

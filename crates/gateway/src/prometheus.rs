@@ -23,7 +23,7 @@ pub(crate) async fn handler(State(w): State<Gw>, headers: HeaderMap) -> Result<R
     let metrics = g.metrics.get().cloned().ok_or_else(|| {
         ApiError::Plain(
             ErrorCode::NotFound,
-            "this server exports no metrics; `nubo server` serves them at /_nubo/metrics".into(),
+            "this server exports no metrics: it was started with --no-telemetry; restart it without that flag to serve them here".into(),
         )
     })?;
     let gauges = gather(&g, &metrics).await?;

@@ -332,17 +332,18 @@ mod tests {
             assert_eq!(claimed[0].hop, 0);
         }
 
-        #[tokio::test]
-        async fn messages_carry_the_hop_of_the_invocation_in_flight() {
+        /// Publishes one message to `orders` while an invocation with `trace_id` and `hop` is
+        /// in flight on the worker; returns the message as the queue holds it.
+        async fn published_during(trace_id: String, hop: u32) -> nubo_store::QueueMessage {
             let s = served(&["orders"]).await;
             let (reply, _replied) = tokio::sync::oneshot::channel();
             let job = Job {
                 request_id: "r1".into(),
                 deadline_ms: 1_700_000_000_000,
                 arn: "arn:aws:lambda:local:000000000000:function:a-f:1".into(),
-                trace_id: "Root=1-00000000-000000000000000000000000".into(),
+                trace_id,
                 payload: Bytes::from_static(b"{}"),
-                hop: 4,
+                hop,
                 reply,
             };
             s.jobs.send(job).await.unwrap();
@@ -364,60 +365,29 @@ mod tests {
             )
             .await;
             assert_eq!(status, 201, "{body}");
-            let claimed = s
+            let mut claimed = s
                 .store
                 .queues()
                 .claim("orders", 10, Duration::from_secs(30))
                 .unwrap();
             assert_eq!(claimed.len(), 1);
-            assert_eq!(claimed[0].hop, 4);
-            assert_eq!(claimed[0].content_type, None);
+            claimed.remove(0)
+        }
+
+        #[tokio::test]
+        async fn messages_carry_the_hop_of_the_invocation_in_flight() {
+            let m = published_during("Root=1-00000000-000000000000000000000000".into(), 4).await;
+            assert_eq!(m.hop, 4);
+            assert_eq!(m.content_type, None);
             // The stand-in trace id is no trace to continue.
-            assert_eq!(claimed[0].traceparent, None);
+            assert_eq!(m.traceparent, None);
         }
 
         #[tokio::test]
         async fn messages_carry_the_trace_of_the_invocation_in_flight() {
-            let s = served(&["orders"]).await;
-            let (reply, _replied) = tokio::sync::oneshot::channel();
             let trace = nubo_telemetry::TraceContext::root(true);
-            let job = Job {
-                request_id: "r1".into(),
-                deadline_ms: 1_700_000_000_000,
-                arn: "arn:aws:lambda:local:000000000000:function:a-f:1".into(),
-                trace_id: trace.xray(),
-                payload: Bytes::from_static(b"{}"),
-                hop: 0,
-                reply,
-            };
-            s.jobs.send(job).await.unwrap();
-            let (status, _) = call(
-                s.addr,
-                "GET",
-                "/2018-06-01/runtime/invocation/next",
-                &[],
-                vec![],
-            )
-            .await;
-            assert_eq!(status, 200);
-            let (status, body) = call(
-                s.addr,
-                "POST",
-                "/nubo/v1/queues/orders/messages",
-                &[],
-                b"x".to_vec(),
-            )
-            .await;
-            assert_eq!(status, 201, "{body}");
-            let claimed = s
-                .store
-                .queues()
-                .claim("orders", 10, Duration::from_secs(30))
-                .unwrap();
-            assert_eq!(
-                claimed[0].traceparent.as_deref(),
-                Some(trace.traceparent().as_str())
-            );
+            let m = published_during(trace.xray(), 0).await;
+            assert_eq!(m.traceparent.as_deref(), Some(trace.traceparent().as_str()));
         }
 
         #[tokio::test]

@@ -198,12 +198,17 @@ impl Server {
             Some(endpoint) => {
                 let (tracer, exporter) =
                     nubo_telemetry::trace_exporter(endpoint).map_err(anyhow::Error::msg)?;
+                metrics.track_traces(tracer.stats().clone());
                 (sink.with_tracer(tracer), Some(exporter))
             }
             None => (sink, None),
         };
         // Records the sink drops are marked in the usage data, so the loss shows in reports.
         store.configure_usage(config.usage);
+        // The record and async-invocation writers time each batch's commit (not each record).
+        if config.telemetry {
+            store.time_commits(metrics.clone());
+        }
         let writer = store
             .spawn_metered_record_writer(rx, config.retention, Some(sink.stats().clone()))
             .context("starting the record writer")?;

@@ -1,5 +1,6 @@
 //! `/_nubo/metrics`: valid Prometheus text (checked by `promtool`), counters that move with
-//! traffic, the admin API's access rule, and a real Prometheus scraping it.
+//! traffic, store commits timed by operation, the admin API's access rule, and a real
+//! Prometheus scraping it.
 
 use crate::support::*;
 use std::collections::BTreeMap;
@@ -8,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Labels a series may carry; anything else (an invocation id, a path) is a bug.
-const ALLOWED_LABELS: [&str; 7] = [
-    "app", "function", "revision", "outcome", "trigger", "runtime", "le",
+const ALLOWED_LABELS: [&str; 8] = [
+    "app", "function", "revision", "outcome", "trigger", "runtime", "op", "le",
 ];
 
 fn tool(name: &str) -> String {
@@ -97,16 +98,37 @@ fn metrics_are_valid_and_count_invocations() {
         let r = http(s.addr, "GET", &format!("/echo/hello?i={i}"), &[], b"");
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // An async invocation: accepted once its group commit is durable.
+    let r = http(
+        s.addr,
+        "POST",
+        "/echo/later",
+        &[("nubo-invocation-type", "event")],
+        b"later",
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
     let ok = [
         ("app", "echo"),
         ("function", "echo"),
         ("outcome", "ok"),
         ("trigger", "http"),
     ];
-    // A record is emitted when the response has ended; the counter follows right after.
+    let commits = |text: &str, op: &str| {
+        sum(
+            text,
+            "nubo_store_operation_duration_seconds_count",
+            &[("op", op)],
+        )
+    };
+    // A record is emitted when the response has ended; the counter follows right after. The
+    // records reach the database in a later batch, and the async invocation runs later still.
+    let async_ok = [("app", "echo"), ("outcome", "ok"), ("trigger", "async")];
     let text = eventually(Duration::from_secs(20), || {
         let text = scrape(&s).text();
-        (sum(&text, "nubo_invocations_total", &ok) >= 3.0).then_some(text)
+        (sum(&text, "nubo_invocations_total", &ok) >= 3.0
+            && sum(&text, "nubo_invocations_total", &async_ok) >= 1.0
+            && commits(&text, "records_commit") > 0.0)
+            .then_some(text)
     });
     let r = scrape(&s);
     assert!(
@@ -120,10 +142,28 @@ fn metrics_are_valid_and_count_invocations() {
     let echo = [("app", "echo"), ("function", "echo")];
     assert_eq!(sum(&text, "nubo_invocations_total", &ok), 3.0, "{text}");
     assert_eq!(
-        sum(&text, "nubo_invocation_duration_seconds_count", &echo),
+        sum(
+            &text,
+            "nubo_invocation_duration_seconds_count",
+            &[("app", "echo"), ("function", "echo"), ("trigger", "http")]
+        ),
         3.0,
         "{text}"
     );
+    // Each store operation is its own series: the record writer's batches, the async group
+    // commit, and the reads of the previous scrapes.
+    assert!(commits(&text, "records_commit") > 0.0, "{text}");
+    assert!(commits(&text, "events_commit") >= 1.0, "{text}");
+    assert!(commits(&text, "scrape_read") >= 3.0, "{text}");
+    assert!(
+        samples(&text).iter().all(|(n, l, _)| !n
+            .starts_with("nubo_store_operation_duration_seconds")
+            || ["records_commit", "events_commit", "scrape_read"]
+                .contains(&l.get("op").map_or("", String::as_str))),
+        "{text}"
+    );
+    // Only a server exporting traces counts them.
+    assert!(!text.contains("nubo_trace_"), "{text}");
     assert!(sum(&text, "nubo_cold_starts_total", &echo) >= 1.0, "{text}");
     assert_eq!(
         sum(&text, "nubo_deploys_total", &[("app", "echo")]),

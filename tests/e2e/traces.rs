@@ -2,8 +2,8 @@
 //! built on the `opentelemetry-proto` package (tests/otlp/receiver.py) that decodes what Nubo
 //! posts and writes each span as a JSON line. A caller's `traceparent` is continued, the
 //! function sees its invocation's span as the parent, its outbound calls are child spans whose
-//! `traceparent` the callee receives, async invocations continue the stored trace, and without
-//! `--otlp-endpoint` nothing is sent.
+//! `traceparent` the callee receives, async invocations continue the stored trace, without
+//! `--otlp-endpoint` nothing is sent, and `/_nubo/metrics` counts spans exported and dropped.
 
 use crate::support::{Server, eventually, guest, http};
 use serde_json::Value;
@@ -465,4 +465,44 @@ fn a_process_function_gets_the_trace_in_its_event() {
         .as_str(),
         "{answer}"
     );
+}
+
+/// The value of the unlabelled counter `name` at `/_nubo/metrics`, when it is there.
+fn counter(s: &Server, name: &str) -> Option<f64> {
+    let r = http(s.addr, "GET", "/_nubo/metrics", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_exporter_counts_what_it_sent_and_what_it_dropped() {
+    let (_receiver, s) = start_traced();
+    let r = http(s.addr, "GET", "/callee/echo", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(SPANS_WITHIN, || {
+        (counter(&s, "nubo_trace_spans_exported_total")? > 0.0).then_some(())
+    });
+    assert_eq!(counter(&s, "nubo_trace_export_failures_total"), Some(0.0));
+
+    // A collector that is not there: a port nothing listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Server::start_with(&["--otlp-endpoint", &format!("http://127.0.0.1:{port}")]);
+    deploy(&s);
+    for _ in 0..3 {
+        let r = http(s.addr, "GET", "/callee/echo", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Requests are answered all the same; their spans are counted as dropped.
+    eventually(SPANS_WITHIN, || {
+        let dropped = counter(&s, "nubo_trace_invocations_dropped_total")?;
+        let failures = counter(&s, "nubo_trace_export_failures_total")?;
+        (dropped >= 3.0 && failures >= 1.0).then_some(())
+    });
+    assert_eq!(counter(&s, "nubo_trace_spans_exported_total"), Some(0.0));
 }

@@ -3,8 +3,8 @@
 //! Counters and histograms come from the [`Metrics`] registry the server attaches with
 //! `Gateway::set_metrics`. Gauges are read here, at scrape time, from where they live: the
 //! runtime's concurrency figures, the control plane's loaded revisions (for each function's
-//! runtime), the triggers' status, the store's async queue and dead-letter counts, and
-//! `/proc`. Between scrapes none of this costs anything. Access follows the admin API's rule
+//! runtime), the triggers' status, the store's async queue and dead-letter counts (each read
+//! timed as `op="scrape_read"`), and `/proc`. Between scrapes none of this costs anything. Access follows the admin API's rule
 //! (the listener checks it before any `/_nubo/` route but health and readiness).
 
 use crate::admin::{ApiError, Gw, gw};
@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use nubo_core::ErrorCode;
-use nubo_telemetry::{Exposition, FunctionGauges, Gauges, Metrics, TriggerGauges};
+use nubo_telemetry::{Exposition, FunctionGauges, Gauges, Metrics, StoreOp, TriggerGauges};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,7 +85,9 @@ async fn gather(g: &Arc<Gateway>, metrics: &Arc<Metrics>) -> Result<Gauges, ApiE
     let store = g.control.store().clone();
     let timer = metrics.clone();
     let (backlog, oldest, dead_letters) = tokio::task::spawn_blocking(move || {
-        let timed = |started: Instant| timer.observe_store_operation(started.elapsed());
+        let timed = |started: Instant| {
+            timer.observe_store_operation(StoreOp::ScrapeRead, started.elapsed());
+        };
         let started = Instant::now();
         let backlog = store.pending_events().map_err(|e| e.to_string())?;
         timed(started);

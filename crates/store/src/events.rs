@@ -18,10 +18,12 @@
 
 use crate::error::db;
 use crate::{Durability, Store, StoreError, time};
+use nubo_telemetry::{Metrics, StoreOp};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 /// Most submissions committed in one transaction (one fsync).
@@ -365,7 +367,8 @@ fn insert(conn: &Connection, e: &NewEvent, now: i64) -> Result<Accepted, StoreEr
     })
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Submission>) {
+/// Commits submissions in batches; `metrics`, when set, times each batch's transaction.
+fn writer_loop(mut conn: Connection, rx: Receiver<Submission>, metrics: Option<Arc<Metrics>>) {
     let mut batch: Vec<Submission> = Vec::with_capacity(MAX_SUBMIT_BATCH);
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
@@ -380,7 +383,11 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Submission>) {
             }
         }
         let now = time::to_millis(SystemTime::now());
+        let timer = metrics.as_deref().map(|m| (m, Instant::now()));
         let results = commit_batch(&mut conn, &batch, now);
+        if let Some((metrics, started)) = timer {
+            metrics.observe_store_operation(StoreOp::EventsCommit, started.elapsed());
+        }
         for (s, r) in batch.drain(..).zip(results) {
             let _ = s.reply.send(r);
         }
@@ -450,13 +457,15 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
 
 impl Store {
     /// Starts the thread that group-commits async submissions, on its own `synchronous=FULL`
-    /// connection.
+    /// connection. Each batch's transaction is timed when [`Store::time_commits`] was called
+    /// before.
     pub fn spawn_event_writer(&self) -> Result<EventWriter, StoreError> {
         let conn = crate::open_connection(&self.db_path, Durability::Full)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(SUBMIT_QUEUE);
+        let metrics = self.commit_timer();
         let thread = std::thread::Builder::new()
             .name("nubo-events".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, metrics))
             .map_err(StoreError::Spawn)?;
         Ok(EventWriter {
             tx: Some(tx),
@@ -979,6 +988,20 @@ mod tests {
         assert_eq!(e.path, "/orders?x=1");
         assert_eq!(e.state, EventState::Queued);
         assert!(attempts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_group_commit_is_timed_once_when_asked() {
+        let (_dir, store) = store();
+        let metrics = Metrics::new(nubo_telemetry::MetricsLabels::None);
+        store.time_commits(metrics.clone());
+        let w = store.spawn_event_writer().unwrap();
+        // Each submission waits for its answer, so each is a batch of its own.
+        w.submit(event("e1", None)).await.unwrap();
+        w.submit(event("e2", None)).await.unwrap();
+        w.shutdown();
+        assert_eq!(crate::timed(&metrics, StoreOp::EventsCommit), 2);
+        assert_eq!(crate::timed(&metrics, StoreOp::RecordsCommit), 0);
     }
 
     #[tokio::test]

@@ -73,10 +73,11 @@ pub use writer::{
     MAX_LOG_ROWS, RecordWriter, Retention, WriterCounts,
 };
 
+use nubo_telemetry::Metrics;
 use rusqlite::Connection;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// The database file's name inside the data directory.
@@ -107,6 +108,8 @@ pub struct Store {
     secrets: OnceLock<secrets::Secrets>,
     /// How usage is metered and priced (see [`Store::configure_usage`]).
     usage: Mutex<UsageSettings>,
+    /// Where the writers spawned later time their commits (see [`Store::time_commits`]).
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl fmt::Debug for Store {
@@ -163,6 +166,7 @@ impl Store {
             queues,
             secrets: OnceLock::new(),
             usage: Mutex::new(UsageSettings::default()),
+            metrics: OnceLock::new(),
         })
     }
 
@@ -208,6 +212,18 @@ impl Store {
         Ok(self.secrets.get_or_init(|| opened).clone())
     }
 
+    /// Times the commits of the record writer and the async-invocation writer spawned from
+    /// now on in `metrics` (`nubo_store_operation_duration_seconds`, once per batch). Without
+    /// this call nothing is timed, as with `--no-telemetry`. The first call counts.
+    pub fn time_commits(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The registry commits are timed in, when [`Store::time_commits`] set one.
+    fn commit_timer(&self) -> Option<Arc<Metrics>> {
+        self.metrics.get().cloned()
+    }
+
     fn writer(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock rolled its transaction back when the `Transaction`
         // dropped, so the connection is still usable.
@@ -244,4 +260,22 @@ fn open_connection(path: &Path, durability: Durability) -> Result<Connection, St
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(open_err)?;
     Ok(conn)
+}
+
+/// How many store operations of kind `op` (its `op` label) `metrics` has timed.
+#[cfg(test)]
+fn timed(metrics: &Metrics, op: nubo_telemetry::StoreOp) -> u64 {
+    let text = metrics
+        .render(
+            &nubo_telemetry::Gauges::default(),
+            nubo_telemetry::Exposition::Text,
+        )
+        .unwrap();
+    let series = format!(
+        "nubo_store_operation_duration_seconds_count{{op=\"{}\"}} ",
+        op.as_str()
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
 }

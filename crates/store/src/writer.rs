@@ -10,13 +10,13 @@ use crate::records::{detect_level, invocation_record};
 use crate::usage::{Meter, billed};
 use crate::{Durability, Store, StoreError, time};
 use nubo_core::api::v1::{InvocationRecord, LogLine};
-use nubo_telemetry::{FinishedInvocation, RecordSinkStats};
+use nubo_telemetry::{FinishedInvocation, Metrics, RecordSinkStats, StoreOp};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// Most records written in one transaction. Bounds how long the writer holds the database's
@@ -198,7 +198,8 @@ impl Store {
 
     /// Starts the record writer with explicit retention limits, metering usage with the
     /// settings of [`Store::configure_usage`]; records the sink counts in `dropped` are marked
-    /// in the usage data as gaps.
+    /// in the usage data as gaps. Each batch's transaction is timed when
+    /// [`Store::time_commits`] was called before.
     pub fn spawn_metered_record_writer(
         &self,
         rx: Receiver<FinishedInvocation>,
@@ -219,8 +220,9 @@ impl Store {
             followers: followers.clone(),
             retention,
             since_prune: (0, 0),
-            last_prune: std::time::Instant::now(),
+            last_prune: Instant::now(),
             meter,
+            metrics: self.commit_timer(),
         };
         let thread = std::thread::Builder::new()
             .name("nubo-records".into())
@@ -245,9 +247,11 @@ struct Worker {
     /// Invocations and log lines written since the last prune.
     since_prune: (u64, u64),
     /// When the last prune ran (an age limit is applied at least this often).
-    last_prune: std::time::Instant,
+    last_prune: Instant,
     /// Usage aggregates, run and gap markers.
     meter: Meter,
+    /// Where each batch transaction is timed (`None`: not timed).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Worker {
@@ -333,7 +337,14 @@ impl Worker {
     fn write(&mut self, batch: &[FinishedInvocation]) {
         // Building the followers' copies costs allocations per line; skip it when nobody listens.
         let collect = self.followers.receiver_count() > 0;
-        match write_batch(&mut self.conn, batch, collect, &mut self.meter) {
+        // One clock pair per batch, failed or committed: a slow failure (a lock held too long)
+        // is latency too.
+        let timer = self.metrics.as_deref().map(|m| (m, Instant::now()));
+        let written = write_batch(&mut self.conn, batch, collect, &mut self.meter);
+        if let Some((metrics, started)) = timer {
+            metrics.observe_store_operation(StoreOp::RecordsCommit, started.elapsed());
+        }
+        match written {
             Ok(committed) => {
                 let lines: usize = batch.iter().map(|f| f.logs.len()).sum();
                 self.counters
@@ -370,7 +381,7 @@ impl Worker {
     }
 
     fn prune(&mut self) {
-        self.last_prune = std::time::Instant::now();
+        self.last_prune = Instant::now();
         match prune(&self.conn, self.retention) {
             Ok((invocations, lines)) => {
                 if invocations + lines > 0 {
@@ -548,4 +559,75 @@ fn prune_older(conn: &Connection, age: Duration) -> rusqlite::Result<(usize, usi
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nubo_core::{InvocationId, Outcome};
+    use nubo_telemetry::{InvocationMeta, MetricsLabels};
+    use std::time::SystemTime;
+
+    fn finished() -> FinishedInvocation {
+        FinishedInvocation {
+            meta: InvocationMeta {
+                id: InvocationId::new(),
+                app: "shop".into(),
+                function: "cart".into(),
+                revision: 1,
+                trigger: "http",
+            },
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(2),
+            outcome: Outcome::Ok,
+            status: Some(200),
+            cold: false,
+            init_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            outbound_requests: 0,
+            outbound_bytes_out: 0,
+            outbound_bytes_in: 0,
+            memory_limit_bytes: None,
+            peak_memory_bytes: None,
+            cpu_time: None,
+            dispatched_after: None,
+            running_after: None,
+            logs: Vec::new(),
+            logs_truncated: false,
+        }
+    }
+
+    #[test]
+    fn each_batch_commit_is_timed_once_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Metrics::new(MetricsLabels::None);
+        store.time_commits(metrics.clone());
+        // Queued before the writer starts, so its first batch takes all three.
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        for _ in 0..3 {
+            tx.send(finished()).unwrap();
+        }
+        let writer = store.spawn_record_writer(rx).unwrap();
+        drop(tx);
+        assert_eq!(writer.shutdown().written, 3);
+        assert_eq!(crate::timed(&metrics, StoreOp::RecordsCommit), 1);
+        assert_eq!(crate::timed(&metrics, StoreOp::EventsCommit), 0);
+    }
+
+    #[test]
+    fn nothing_is_timed_without_a_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        tx.send(finished()).unwrap();
+        let writer = store.spawn_record_writer(rx).unwrap();
+        // A registry set after the writer started is not the writer's.
+        let metrics = Metrics::new(MetricsLabels::None);
+        store.time_commits(metrics.clone());
+        drop(tx);
+        assert_eq!(writer.shutdown().written, 1);
+        assert_eq!(crate::timed(&metrics, StoreOp::RecordsCommit), 0);
+    }
 }

@@ -18,7 +18,7 @@ pub use invocation::{
 };
 pub use mask::{LogMask, MIN_MASKED_BYTES};
 pub use metrics::{
-    Exposition, FunctionGauges, Gauges, Metrics, MetricsLabels, Scope, TriggerGauges,
+    Exposition, FunctionGauges, Gauges, Metrics, MetricsLabels, Scope, StoreOp, TriggerGauges,
     resident_memory_bytes,
 };
 pub use otlp::{

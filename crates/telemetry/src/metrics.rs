@@ -6,14 +6,16 @@
 //! truth lives elsewhere (in-flight, queued, instances, the async backlog, the dead-letter
 //! queue, trigger lag, memory) are not kept here at all: the scraper gathers a [`Gauges`]
 //! snapshot and [`Metrics::render`] writes both, so nothing costs the server anything
-//! between scrapes. The one exception is wasm linear memory: the runtime keeps that count in
-//! an atomic it shares with the registry ([`Metrics::track_wasm_memory`]), read at render.
+//! between scrapes. Two counts live in atomics their owners share with the registry, read at
+//! render: wasm linear memory ([`Metrics::track_wasm_memory`]) and the trace exporter's
+//! counters ([`Metrics::track_traces`]).
 //!
 //! Label cardinality is bounded: `app`, `function` and `revision` appear only as far as
-//! [`MetricsLabels`] allows, and the other labels (`outcome`, `trigger`, `runtime`) take values
-//! from small fixed sets. Invocation ids and paths are never labels.
+//! [`MetricsLabels`] allows, and the other labels (`outcome`, `trigger`, `runtime`, `op`) take
+//! values from small fixed sets. Invocation ids and paths are never labels.
 
 use crate::invocation::FinishedInvocation;
+use crate::otlp::TraceStats;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -107,6 +109,33 @@ const COLD_START_BUCKETS: [f64; 12] = [
 const STORE_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 5.0,
 ];
+
+/// A store operation timed in `nubo_store_operation_duration_seconds`; its `op` label.
+///
+/// Each is timed once per transaction or read, never per invocation, so timing costs one
+/// pair of clock reads per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    /// The record writer's batch transaction (invocation records, their log lines and usage
+    /// aggregates), from its begin to its commit.
+    RecordsCommit,
+    /// The group commit of async invocations submitted together, from its begin to its
+    /// commit (the fsync that makes them durable included).
+    EventsCommit,
+    /// One of the reads behind the async-queue and dead-letter gauges, made at each scrape.
+    ScrapeRead,
+}
+
+impl StoreOp {
+    /// The value of the `op` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::RecordsCommit => "records_commit",
+            StoreOp::EventsCommit => "events_commit",
+            StoreOp::ScrapeRead => "scrape_read",
+        }
+    }
+}
 
 /// How far metrics break figures down by app, function and revision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -205,6 +234,10 @@ fn cold_start_histogram() -> Histogram {
     Histogram::new(COLD_START_BUCKETS)
 }
 
+fn store_histogram() -> Histogram {
+    Histogram::new(STORE_BUCKETS)
+}
+
 /// The server's event-driven metrics and how it labels them. Shared (`Arc`) by the record
 /// sink, the deploy follower and the scrape endpoint.
 pub struct Metrics {
@@ -215,9 +248,11 @@ pub struct Metrics {
     cold_starts: Family<Scope, Counter>,
     cold_start_duration: HistogramFamily<Scope>,
     deploys: Family<Scope, Counter>,
-    store_operations: Histogram,
+    store_operations: HistogramFamily<Tagged<1>>,
     /// The wasm runtime's count of linear memory held by live instances, read at scrape time.
     wasm_memory: OnceLock<Arc<AtomicU64>>,
+    /// The trace exporter's counters, read at scrape time (set only with an OTLP endpoint).
+    traces: OnceLock<Arc<TraceStats>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -265,10 +300,11 @@ impl Metrics {
             "Revisions deployed while this server ran",
             deploys.clone(),
         );
-        let store_operations = Histogram::new(STORE_BUCKETS);
+        let store_operations: HistogramFamily<Tagged<1>> =
+            Family::new_with_constructor(store_histogram);
         registry.register_with_unit(
             "nubo_store_operation_duration",
-            "Latency of timed store operations (SQLite reads and commits)",
+            "Latency of store operations by op: record and async-invocation commits, scrape-time reads",
             Unit::Seconds,
             store_operations.clone(),
         );
@@ -282,6 +318,7 @@ impl Metrics {
             deploys,
             store_operations,
             wasm_memory: OnceLock::new(),
+            traces: OnceLock::new(),
         })
     }
 
@@ -289,6 +326,13 @@ impl Metrics {
     /// a gauge read at each scrape. The first call counts.
     pub fn track_wasm_memory(&self, bytes: Arc<AtomicU64>) {
         let _ = self.wasm_memory.set(bytes);
+    }
+
+    /// Exports the trace exporter's counters (`stats`) as counters read at each scrape. Called
+    /// only when traces are exported, so the `nubo_trace_*` counters appear only then. The
+    /// first call counts.
+    pub fn track_traces(&self, stats: Arc<TraceStats>) {
+        let _ = self.traces.set(stats);
     }
 
     /// How series are labelled.
@@ -354,9 +398,14 @@ impl Metrics {
         self.deploys.get_or_create(&self.app_scope(app)).inc_by(n);
     }
 
-    /// Records how long one store operation took.
-    pub fn observe_store_operation(&self, took: Duration) {
-        self.store_operations.observe(took.as_secs_f64());
+    /// Records how long one store operation of kind `op` took.
+    pub fn observe_store_operation(&self, op: StoreOp, took: Duration) {
+        self.store_operations
+            .get_or_create(&Tagged {
+                scope: Scope::default(),
+                tags: [("op", op.as_str())],
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Writes every metric in `format`: the registry's counters and histograms, then the
@@ -489,9 +538,32 @@ impl Metrics {
             Unit::Seconds,
             lag_family,
         );
+        if let Some(stats) = self.traces.get() {
+            for (name, help, count) in [
+                (
+                    "nubo_trace_spans_exported",
+                    "Spans the OTLP collector accepted",
+                    &stats.exported,
+                ),
+                (
+                    "nubo_trace_invocations_dropped",
+                    "Invocations whose spans were dropped: the trace queue was full or their export failed",
+                    &stats.dropped,
+                ),
+                (
+                    "nubo_trace_export_failures",
+                    "OTLP export requests that failed: the collector refused them, did not answer in time or could not be reached",
+                    &stats.failed_exports,
+                ),
+            ] {
+                let counter = Counter::<u64, AtomicU64>::default();
+                counter.inc_by(count.load(Ordering::Relaxed));
+                reg.register(name, help, counter);
+            }
+        }
         if let Some(held) = self.wasm_memory.get() {
             let gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
-            gauge.set(clamp(held.load(std::sync::atomic::Ordering::Relaxed)));
+            gauge.set(clamp(held.load(Ordering::Relaxed)));
             reg.register_with_unit(
                 "nubo_wasm_linear_memory",
                 "Linear memory held by live wasm instances",
@@ -716,7 +788,15 @@ mod tests {
         m.observe(&finished(Outcome::Ok, false));
         m.observe(&finished(Outcome::Trap, false));
         m.deployed("shop", 2);
-        m.observe_store_operation(Duration::from_micros(300));
+        m.observe_store_operation(StoreOp::RecordsCommit, Duration::from_micros(300));
+        m.observe_store_operation(StoreOp::RecordsCommit, Duration::from_millis(2));
+        m.observe_store_operation(StoreOp::EventsCommit, Duration::from_millis(4));
+        m.observe_store_operation(StoreOp::ScrapeRead, Duration::from_micros(80));
+        let traces = Arc::new(TraceStats::default());
+        traces.exported.store(40, Ordering::Relaxed);
+        traces.dropped.store(3, Ordering::Relaxed);
+        traces.failed_exports.store(2, Ordering::Relaxed);
+        m.track_traces(Arc::clone(&traces));
         let wasm_memory = Arc::new(AtomicU64::new(3 << 20));
         m.track_wasm_memory(Arc::clone(&wasm_memory));
         let text = m.render(&gauges(), Exposition::OpenMetrics).unwrap();
@@ -756,10 +836,40 @@ mod tests {
             value(&text, "nubo_deploys_total", Some(("app", "shop"))),
             2.0
         );
+        let op_count = |op: StoreOp| {
+            value(
+                &text,
+                "nubo_store_operation_duration_seconds_count",
+                Some(("op", op.as_str())),
+            )
+        };
+        assert_eq!(op_count(StoreOp::RecordsCommit), 2.0);
+        assert_eq!(op_count(StoreOp::EventsCommit), 1.0);
+        assert_eq!(op_count(StoreOp::ScrapeRead), 1.0);
         assert_eq!(
             value(&text, "nubo_store_operation_duration_seconds_count", None),
-            1.0
+            4.0
         );
+        // Every op series carries its own buckets: 2 ms falls in the 2.5 ms bucket, 0.3 ms
+        // does not.
+        assert_eq!(
+            samples(&text)
+                .iter()
+                .filter(
+                    |(n, l, _)| n == "nubo_store_operation_duration_seconds_bucket"
+                        && l.get("op").map(String::as_str) == Some("records_commit")
+                        && l.get("le").map(String::as_str) == Some("0.0025")
+                )
+                .map(|(_, _, v)| *v)
+                .collect::<Vec<_>>(),
+            [2.0]
+        );
+        assert_eq!(value(&text, "nubo_trace_spans_exported_total", None), 40.0);
+        assert_eq!(
+            value(&text, "nubo_trace_invocations_dropped_total", None),
+            3.0
+        );
+        assert_eq!(value(&text, "nubo_trace_export_failures_total", None), 2.0);
         assert_eq!(value(&text, "nubo_in_flight_invocations", None), 2.0);
         assert_eq!(value(&text, "nubo_queued_invocations", None), 1.0);
         assert_eq!(value(&text, "nubo_throttled_total", None), 4.0);
@@ -784,14 +894,18 @@ mod tests {
             3_145_728.0
         );
         // Read at each scrape, not when tracking began.
-        wasm_memory.store(1 << 20, std::sync::atomic::Ordering::Relaxed);
+        wasm_memory.store(1 << 20, Ordering::Relaxed);
+        traces.exported.fetch_add(5, Ordering::Relaxed);
         let again = m.render(&gauges(), Exposition::Text).unwrap();
         assert_eq!(
             value(&again, "nubo_wasm_linear_memory_bytes", None),
             1_048_576.0
         );
+        assert_eq!(value(&again, "nubo_trace_spans_exported_total", None), 45.0);
         // Only the documented labels, and never a per-invocation one.
-        let allowed = ["app", "function", "outcome", "trigger", "runtime", "le"];
+        let allowed = [
+            "app", "function", "outcome", "trigger", "runtime", "op", "le",
+        ];
         for (name, labels, _) in samples(&text) {
             for key in labels.keys() {
                 assert!(allowed.contains(&key.as_str()), "{name} has label {key}");
@@ -826,6 +940,30 @@ mod tests {
             value(&text, "nubo_invocations_total", Some(("revision", "3"))),
             1.0
         );
+    }
+
+    #[test]
+    fn trace_counters_appear_only_when_traces_are_exported() {
+        let m = Metrics::new(MetricsLabels::Function);
+        let text = m.render(&gauges(), Exposition::Text).unwrap();
+        assert!(!text.contains("nubo_trace_"), "{text}");
+        // No store operation timed yet: the family has no series.
+        assert!(
+            !text.contains("nubo_store_operation_duration_seconds_count"),
+            "{text}"
+        );
+        m.track_traces(Arc::new(TraceStats::default()));
+        let text = m.render(&gauges(), Exposition::Text).unwrap();
+        for name in [
+            "nubo_trace_spans_exported_total",
+            "nubo_trace_invocations_dropped_total",
+            "nubo_trace_export_failures_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} counter\n{name} 0\n")),
+                "{name}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct TraceStats {
     pub exported: AtomicU64,
     /// Invocations whose spans were dropped: the queue was full, or the export failed.
     pub dropped: AtomicU64,
+    /// Export requests that failed: the collector refused them, did not answer in time or
+    /// could not be reached (each drops the spans of a whole batch).
+    pub failed_exports: AtomicU64,
 }
 
 /// The sending side of the exporter. Cheap to clone.
@@ -270,6 +273,7 @@ async fn send(
         .body(Full::new(Bytes::from(body)));
     let Ok(request) = request else {
         stats.dropped.fetch_add(invocations, Ordering::Relaxed);
+        stats.failed_exports.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let result = tokio::time::timeout(EXPORT_TIMEOUT, async {
@@ -295,6 +299,7 @@ async fn send(
         }
         Err(error) => {
             stats.dropped.fetch_add(invocations, Ordering::Relaxed);
+            stats.failed_exports.fetch_add(1, Ordering::Relaxed);
             // Said once per outage, not once per batch.
             if !*failing {
                 tracing::warn!(url = %url, %error, "trace export failed; spans are dropped until the collector answers");

@@ -150,6 +150,10 @@ pub struct UsageServerArgs {
     /// How long per-day usage is kept, like "730d" (default: forever).
     #[arg(long, env = "NUBO_KEEP_USAGE_DAYS", value_parser = nubo_store::usage::parse_span, value_name = "SPAN")]
     pub keep_usage_days: Option<std::time::Duration>,
+    /// Most per-minute, per-hour and per-day rows kept, each; past it the oldest buckets are
+    /// pruned first. From 1 to 1000000000.
+    #[arg(long, env = "NUBO_KEEP_USAGE_ROWS", default_value_t = nubo_store::usage::DEFAULT_KEEP_USAGE_ROWS, value_parser = nubo_store::usage::parse_keep_rows, value_name = "N")]
+    pub keep_usage_rows: u64,
 }
 
 fn parse_granularity(s: &str) -> Result<std::time::Duration, String> {
@@ -165,6 +169,9 @@ pub struct UsageArgs {
     /// Export per-invocation usage records instead of a report.
     #[command(subcommand)]
     pub command: Option<UsageCommand>,
+    /// Only this tenant's apps (every app belongs to "default" until tenants land).
+    #[arg(long, value_name = "T")]
+    pub tenant: Option<String>,
     /// Only this app.
     #[arg(long, value_name = "A")]
     pub app: Option<String>,
@@ -177,9 +184,9 @@ pub struct UsageArgs {
     /// End, in the same forms as --since [default: now].
     #[arg(long, value_name = "WHEN")]
     pub until: Option<String>,
-    /// Grouping: per function, per revision (with cost per 1,000 invocations side by side),
-    /// per UTC day or hour.
-    #[arg(long, default_value = "function", value_parser = ["function", "revision", "day", "hour"])]
+    /// Grouping: per function, per tenant, per revision (with cost per 1,000 invocations side
+    /// by side), per UTC day or hour.
+    #[arg(long, default_value = "function", value_parser = nubo_store::usage::UsageBy::NAMES)]
     pub by: String,
     /// Output format.
     #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
@@ -198,6 +205,9 @@ pub enum UsageCommand {
         /// End, in the same forms as --since [default: now].
         #[arg(long, value_name = "WHEN")]
         until: Option<String>,
+        /// Only this tenant's apps.
+        #[arg(long, value_name = "T")]
+        tenant: Option<String>,
         /// Only this app.
         #[arg(long, value_name = "A")]
         app: Option<String>,

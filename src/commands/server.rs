@@ -44,6 +44,7 @@ pub(crate) fn config(args: &ServerArgs) -> ServerConfig {
             keep_minutes: args.usage.keep_usage_minutes,
             keep_hours: args.usage.keep_usage_hours,
             keep_days: args.usage.keep_usage_days,
+            keep_rows: args.usage.keep_usage_rows,
         },
         otlp_endpoint: args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
         telemetry: !args.no_telemetry,

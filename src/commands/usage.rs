@@ -15,6 +15,7 @@ pub(crate) async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
         Some(UsageCommand::Export {
             since,
             until,
+            tenant,
             app,
             function,
             format: _,
@@ -22,6 +23,7 @@ pub(crate) async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
             let q = UsageQuery {
                 since: Some(since),
                 until,
+                tenant,
                 app,
                 function,
                 by: None,
@@ -32,6 +34,7 @@ pub(crate) async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
             let q = UsageQuery {
                 since: args.since,
                 until: args.until,
+                tenant: args.tenant,
                 app: args.app,
                 function: args.function,
                 by: Some(args.by),
@@ -57,6 +60,7 @@ fn query_string(q: &UsageQuery) -> String {
     let pairs = [
         ("since", &q.since),
         ("until", &q.until),
+        ("tenant", &q.tenant),
         ("app", &q.app),
         ("function", &q.function),
         ("by", &q.by),
@@ -147,6 +151,7 @@ fn bytes(n: u64) -> String {
 fn key_header(by: &str) -> &'static [&'static str] {
     match by {
         "revision" => &["APP", "FUNCTION", "REVISION"],
+        "tenant" => &["TENANT"],
         "day" => &["DAY"],
         "hour" => &["HOUR"],
         _ => &["APP", "FUNCTION"],
@@ -161,6 +166,7 @@ fn key_cells(by: &str, r: &UsageRow) -> Vec<String> {
             s(&r.function),
             r.revision.map_or_else(|| "-".into(), |v| v.to_string()),
         ],
+        "tenant" => vec![s(&r.tenant)],
         "day" => vec![r.bucket.as_deref().map_or("-", |b| &b[..10]).to_string()],
         "hour" => vec![r.bucket.as_deref().map_or("-", |b| &b[..16]).to_string()],
         _ => vec![s(&r.app), s(&r.function)],
@@ -266,9 +272,10 @@ fn csv_field(v: &str) -> String {
 /// The report as CSV: one line per row with raw numbers (no total line; sum the column).
 fn csv(report: &UsageReport) -> String {
     let keys: &[&str] = match report.by.as_str() {
-        "revision" => &["app", "function", "revision"],
+        "revision" => &["tenant", "app", "function", "revision"],
+        "tenant" => &["tenant"],
         "day" | "hour" => &["bucket"],
-        _ => &["app", "function"],
+        _ => &["tenant", "app", "function"],
     };
     let figures = [
         "requests",
@@ -294,12 +301,15 @@ fn csv(report: &UsageReport) -> String {
     for r in &report.rows {
         let mut cells: Vec<String> = match report.by.as_str() {
             "revision" => vec![
+                r.tenant.clone().unwrap_or_default(),
                 r.app.clone().unwrap_or_default(),
                 r.function.clone().unwrap_or_default(),
                 r.revision.map(|v| v.to_string()).unwrap_or_default(),
             ],
+            "tenant" => vec![r.tenant.clone().unwrap_or_default()],
             "day" | "hour" => vec![r.bucket.clone().unwrap_or_default()],
             _ => vec![
+                r.tenant.clone().unwrap_or_default(),
                 r.app.clone().unwrap_or_default(),
                 r.function.clone().unwrap_or_default(),
             ],
@@ -332,6 +342,7 @@ mod tests {
 
     fn sample(by: &str) -> UsageReport {
         let row = |revision: u64, requests: u64, total: f64| UsageRow {
+            tenant: Some("default".into()),
             app: Some("shop".into()),
             function: Some("api,v2".into()),
             revision: Some(revision),
@@ -365,6 +376,7 @@ mod tests {
                 records: None,
                 message: "usage between a and b may be incomplete: the server stopped without shutting down".into(),
             }],
+            pruned_before: None,
         }
     }
 
@@ -388,12 +400,45 @@ mod tests {
     }
 
     #[test]
+    fn the_tenant_table_keys_rows_by_tenant_and_prints_pruned_usage() {
+        let mut report = sample("tenant");
+        report.rows.truncate(1);
+        report.gaps[0] = nubo_core::api::v1::UsageGap {
+            kind: "pruned".into(),
+            from: "a".into(),
+            until: "b".into(),
+            records: None,
+            message: "usage before b is no longer kept (…); the report counts none of it".into(),
+        };
+        let t = table(&report);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].starts_with("TENANT ") && lines[1].contains("REQUESTS"),
+            "{t}"
+        );
+        assert!(lines[2].starts_with("default "), "{t}");
+        assert!(
+            t.contains("warning: usage before b is no longer kept"),
+            "{t}"
+        );
+        let c = csv(&report);
+        assert!(c.starts_with("tenant,requests,"), "{c}");
+        assert!(
+            c.lines().nth(1).unwrap().starts_with("default,1000,"),
+            "{c}"
+        );
+    }
+
+    #[test]
     fn csv_quotes_fields_and_keeps_raw_numbers() {
         let c = csv(&sample("revision"));
         let lines: Vec<&str> = c.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("app,function,revision,requests"));
-        assert!(lines[1].starts_with("shop,\"api,v2\",1,1000,"), "{c}");
+        assert!(lines[0].starts_with("tenant,app,function,revision,requests"));
+        assert!(
+            lines[1].starts_with("default,shop,\"api,v2\",1,1000,"),
+            "{c}"
+        );
         assert!(lines[1].ends_with(",0.5,0.5"), "{c}");
         assert!(lines[2].ends_with(",0.25,0.125"), "{c}");
     }

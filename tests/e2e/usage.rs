@@ -1,7 +1,8 @@
 //! Metering as a user sees it: `nubo usage` counts requests and errors and prices them with
 //! the server's flags, `--by revision` puts revisions side by side, `nubo usage export` gives
-//! each invocation once under a stable id, a `kill -9` leaves a visible gap, and bad flags
-//! get clear errors.
+//! each invocation once under a stable id, every app's usage is the `default` tenant's, a
+//! `kill -9` leaves a visible gap, `--keep-usage-rows` prunes and the report says so, and bad
+//! flags get clear errors.
 
 use crate::support::*;
 use serde_json::Value;
@@ -117,6 +118,7 @@ fn usage_counts_prices_and_exports_invocations() {
     assert_eq!(lines.len(), 7, "{out}");
     let ids: HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 7, "ids are unique");
+    assert!(lines.iter().all(|l| l["tenant"] == "default"), "{out}");
     let billed_sum: u64 = lines
         .iter()
         .map(|l| l["usage"]["billed_ms"].as_u64().unwrap())
@@ -150,6 +152,27 @@ fn usage_counts_prices_and_exports_invocations() {
     assert_eq!(api.status, 200);
     assert_eq!(api.header("content-type"), Some("application/x-ndjson"));
     assert_eq!(api.text().lines().count(), 2);
+
+    // Every app belongs to the tenant `default` until tenants land.
+    let by_tenant = usage_json(&s, &["--since", "1h", "--by", "tenant"]);
+    let tenants = by_tenant["rows"].as_array().unwrap();
+    assert_eq!(tenants.len(), 1, "{by_tenant:#}");
+    assert_eq!(tenants[0]["tenant"], "default");
+    assert_eq!(tenants[0]["requests"], 7);
+    assert!(rows.iter().all(|x| x["tenant"] == "default"), "{r:#}");
+    let other = usage_json(&s, &["--since", "1h", "--tenant", "other"]);
+    assert_eq!(other["total"]["requests"], 0, "{other:#}");
+    let table = s.ok(&["usage", "--since", "1h", "--by", "tenant"]);
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("TENANT")),
+        "{table}"
+    );
+    assert!(table.lines().any(|l| l.starts_with("default ")), "{table}");
+    let none = s.ok(&["usage", "export", "--since", "1h", "--tenant", "other"]);
+    assert!(none.is_empty(), "{none}");
 
     // A second revision: `--by revision` shows both, each with its cost per 1,000.
     s.deploy(dir.path());
@@ -264,6 +287,9 @@ fn bad_usage_flags_get_clear_errors() {
         ("--billing-granularity", "2m", "1ms to 1m"),
         ("--price-per-gb-second", "-1", "zero or more"),
         ("--keep-usage-minutes", "7y", "unit"),
+        ("--keep-usage-rows", "0", "from 1 to 1000000000"),
+        ("--keep-usage-rows", "5000000000", "from 1 to 1000000000"),
+        ("--keep-usage-rows", "many", "from 1 to 1000000000"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(nubo_bin())
@@ -279,4 +305,35 @@ fn bad_usage_flags_get_clear_errors() {
             "{flag} {value}: {err}"
         );
     }
+}
+
+#[test]
+fn keep_usage_rows_prunes_the_aggregates_and_the_report_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start_in(&data, &["--keep-usage-rows", "1"]);
+    let dir = app(&guest("echo"), &guest("trap"));
+    s.deploy(dir.path());
+    // Two functions: two rows in each period's bucket, one more than the bound.
+    assert_eq!(get(&s, "/echo/one").status, 200);
+    assert_eq!(get(&s, "/trap/x").status, 500);
+    // An orderly stop writes what is queued and then prunes.
+    let (status, stderr) = s.terminate();
+    assert!(status.success(), "{stderr}");
+
+    let s = Server::start_in(&data, &["--keep-usage-rows", "1"]);
+    let report = usage_json(&s, &["--since", "1h"]);
+    assert_eq!(report["total"]["requests"], 0, "{report:#}");
+    assert!(report["pruned_before"].is_string(), "{report:#}");
+    let gaps = report["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{report:#}");
+    assert_eq!(gaps[0]["kind"], "pruned");
+    let table = s.ok(&["usage", "--since", "1h"]);
+    assert!(
+        table.contains("is no longer kept") && table.contains("--keep-usage-rows 1"),
+        "{table}"
+    );
+    // The per-invocation records keep their own retention.
+    let out = s.ok(&["usage", "export", "--since", "1h"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
 }

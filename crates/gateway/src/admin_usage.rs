@@ -38,7 +38,7 @@ fn usage_error(code: ErrorCode, message: String) -> ApiError {
 }
 
 /// `GET /usage`: requests, errors, billed GB-seconds, bytes and cost between two times,
-/// grouped by function, revision, day or hour.
+/// grouped by function, tenant, revision, day or hour.
 pub(crate) async fn report(
     State(w): State<Gw>,
     Query(q): Query<UsageQuery>,
@@ -59,6 +59,7 @@ pub(crate) async fn report(
 pub(crate) struct ExportQuery {
     since: Option<String>,
     until: Option<String>,
+    tenant: Option<String>,
     app: Option<String>,
     function: Option<String>,
     /// Only `jsonl` (the default).
@@ -80,6 +81,7 @@ pub(crate) async fn export(
     let query = UsageQuery {
         since: q.since,
         until: q.until,
+        tenant: q.tenant,
         app: q.app,
         function: q.function,
         by: None,
@@ -153,7 +155,7 @@ mod tests {
             .iter()
             .map(|p| p["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["since", "until", "app", "function", "by"]);
+        assert_eq!(names, ["since", "until", "tenant", "app", "function", "by"]);
         let export = &doc["paths"]["/_nubo/api/v1/usage/export"]["get"];
         assert!(export["responses"]["200"]["content"]["application/x-ndjson"].is_object());
         for schema in [

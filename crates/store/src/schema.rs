@@ -425,8 +425,62 @@ ALTER TABLE queue_messages ADD COLUMN traceparent TEXT;
 ALTER TABLE object_events ADD COLUMN traceparent TEXT;
 ";
 
+/// Version 14: usage is keyed by tenant, and bounded in rows as well as in age.
+///
+/// `usage` gains `tenant` in its key (the table is rebuilt, as SQLite cannot change a primary
+/// key); rows written before belong to `default`, the tenant of every app until tenants land.
+/// `usage_periods` has one row per period: `rows` counts that period's `usage` rows, kept in
+/// the same transaction as the rows, so the bound on them is checked without counting the
+/// table; `size_pruned_before_s` is the end of the newest bucket pruned to keep that bound
+/// (NULL until one is), so a report that reaches back past it says its usage is gone.
+const V14: &str = "
+CREATE TABLE usage_by_tenant (
+    period             TEXT    NOT NULL CHECK (period IN ('minute', 'hour', 'day')),
+    start_s            INTEGER NOT NULL,
+    tenant             TEXT    NOT NULL,
+    app                TEXT    NOT NULL,
+    function           TEXT    NOT NULL,
+    revision           INTEGER NOT NULL,
+    trigger            TEXT    NOT NULL,
+    requests           INTEGER NOT NULL DEFAULT 0,
+    errors             INTEGER NOT NULL DEFAULT 0,
+    throttles          INTEGER NOT NULL DEFAULT 0,
+    cold_starts        INTEGER NOT NULL DEFAULT 0,
+    duration_us        INTEGER NOT NULL DEFAULT 0,
+    billed_ms          INTEGER NOT NULL DEFAULT 0,
+    kib_ms             INTEGER NOT NULL DEFAULT 0,
+    unmetered          INTEGER NOT NULL DEFAULT 0,
+    cpu_us             INTEGER NOT NULL DEFAULT 0,
+    bytes_in           INTEGER NOT NULL DEFAULT 0,
+    bytes_out          INTEGER NOT NULL DEFAULT 0,
+    outbound_requests  INTEGER NOT NULL DEFAULT 0,
+    outbound_bytes_out INTEGER NOT NULL DEFAULT 0,
+    peak_memory_bytes  INTEGER,
+    PRIMARY KEY (period, start_s, tenant, app, function, revision, trigger)
+) WITHOUT ROWID;
+INSERT INTO usage_by_tenant (period, start_s, tenant, app, function, revision, trigger,
+    requests, errors, throttles, cold_starts, duration_us, billed_ms, kib_ms, unmetered, cpu_us,
+    bytes_in, bytes_out, outbound_requests, outbound_bytes_out, peak_memory_bytes)
+SELECT period, start_s, 'default', app, function, revision, trigger, requests, errors,
+    throttles, cold_starts, duration_us, billed_ms, kib_ms, unmetered, cpu_us, bytes_in,
+    bytes_out, outbound_requests, outbound_bytes_out, peak_memory_bytes
+FROM usage;
+DROP TABLE usage;
+ALTER TABLE usage_by_tenant RENAME TO usage;
+
+CREATE TABLE usage_periods (
+    period               TEXT    NOT NULL PRIMARY KEY
+                         CHECK (period IN ('minute', 'hour', 'day')),
+    rows                 INTEGER NOT NULL DEFAULT 0,
+    size_pruned_before_s INTEGER
+) WITHOUT ROWID;
+INSERT INTO usage_periods (period, rows)
+SELECT column1, (SELECT count(*) FROM usage WHERE period = column1)
+FROM (VALUES ('minute'), ('hour'), ('day'));
+";
+
 /// Every migration, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14];
 
 /// Brings the database at `path` to the current schema version.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -513,5 +567,87 @@ mod tests {
         assert_eq!(by, None);
         // Migrating again is a no-op.
         migrate(&mut conn, &path).unwrap();
+    }
+
+    #[test]
+    fn v13_usage_rows_migrate_to_the_default_tenant_with_their_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nubo.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..13] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO usage (period, start_s, app, function, revision, trigger, requests,
+                     kib_ms, peak_memory_bytes)
+                 VALUES ('minute', 60, 'shop', 'api', 1, 'http', 3, 300, 4096),
+                        ('minute', 120, 'shop', 'api', 1, 'http', 2, 200, NULL),
+                        ('hour', 0, 'shop', 'api', 1, 'http', 5, 500, 4096);
+                 PRAGMA user_version = 13;",
+            )
+            .unwrap();
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let rows: Vec<(String, i64, String, i64, i64, Option<i64>)> = conn
+            .prepare(
+                "SELECT period, start_s, tenant, requests, kib_ms, peak_memory_bytes FROM usage
+                 ORDER BY period, start_s",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let row = |period: &str, start, requests, kib_ms, peak| {
+            (
+                period.to_string(),
+                start,
+                "default".to_string(),
+                requests,
+                kib_ms,
+                peak,
+            )
+        };
+        assert_eq!(
+            rows,
+            [
+                row("hour", 0, 5, 500, Some(4096)),
+                row("minute", 60, 3, 300, Some(4096)),
+                row("minute", 120, 2, 200, None),
+            ]
+        );
+        let counts: Vec<(String, i64, Option<i64>)> = conn
+            .prepare("SELECT period, rows, size_pruned_before_s FROM usage_periods ORDER BY period")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            counts,
+            [
+                ("day".to_string(), 0, None),
+                ("hour".to_string(), 1, None),
+                ("minute".to_string(), 2, None)
+            ]
+        );
+        // The tenant is part of the key: another tenant's row in the same bucket is its own.
+        conn.execute(
+            "INSERT INTO usage (period, start_s, tenant, app, function, revision, trigger)
+             VALUES ('minute', 60, 'other', 'shop', 'api', 1, 'http')",
+            [],
+        )
+        .unwrap();
     }
 }

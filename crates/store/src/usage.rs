@@ -3,8 +3,8 @@
 //! that make lost usage visible (a run that never stopped cleanly, records dropped under
 //! load), and the reports and exports read from them.
 //!
-//! Usage is keyed by app, function, revision and trigger kind. There are no tenants yet; when
-//! they come they add a key to the aggregates.
+//! Usage is keyed by tenant, app, function, revision and trigger kind. Every app belongs to
+//! the tenant `default` until tenants land; [`tenant_of`] is the one place that says so.
 //!
 //! Cost is not stored: reports multiply the aggregates by the prices the server runs with at
 //! report time, so a price change applies to past usage too.
@@ -12,8 +12,8 @@
 use crate::error::db;
 use crate::{Store, StoreError, time};
 use nubo_core::api::v1::{
-    InvocationUsage, UsageCost, UsageExportRecord, UsageGap, UsagePrices, UsageQuery, UsageReport,
-    UsageRow,
+    DEFAULT_TENANT, InvocationUsage, UsageCost, UsageExportRecord, UsageGap, UsagePrices,
+    UsageQuery, UsageReport, UsageRow,
 };
 use nubo_core::{ErrorCode, Outcome};
 use nubo_telemetry::{FinishedInvocation, RecordSinkStats};
@@ -39,6 +39,12 @@ pub const MAX_BILLING_GRANULARITY: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEEP_USAGE_MINUTES: Duration = Duration::from_secs(7 * 86_400);
 /// How long per-hour usage is kept by default.
 pub const DEFAULT_KEEP_USAGE_HOURS: Duration = Duration::from_secs(90 * 86_400);
+/// Most aggregate rows kept per period by default (roughly 100 MB of rows each): bounds the
+/// disk a server with many functions and revisions fills before the age limits apply.
+pub const DEFAULT_KEEP_USAGE_ROWS: u64 = 1_000_000;
+/// Largest row bound accepted. Past it the bound no longer bounds anything a disk holds (a
+/// billion rows per period is hundreds of GB).
+pub const MAX_KEEP_USAGE_ROWS: u64 = 1_000_000_000;
 /// Rows a usage report lists at most (the total always covers every row). Bounds the memory
 /// and time of one report.
 pub const MAX_REPORT_ROWS: usize = 10_000;
@@ -74,6 +80,8 @@ pub struct UsageSettings {
     pub keep_hours: Duration,
     /// Per-day rows (and gap markers) older than this are pruned; `None` keeps them.
     pub keep_days: Option<Duration>,
+    /// Most rows kept per period; past it the oldest buckets are pruned first.
+    pub keep_rows: u64,
 }
 
 impl Default for UsageSettings {
@@ -88,6 +96,7 @@ impl Default for UsageSettings {
             keep_minutes: DEFAULT_KEEP_USAGE_MINUTES,
             keep_hours: DEFAULT_KEEP_USAGE_HOURS,
             keep_days: None,
+            keep_rows: DEFAULT_KEEP_USAGE_ROWS,
         }
     }
 }
@@ -122,8 +131,38 @@ impl UsageSettings {
                 span(self.keep_hours)
             ));
         }
+        check_keep_rows(self.keep_rows).map_err(|e| format!("--keep-usage-rows: {e}"))?;
         Ok(())
     }
+}
+
+/// Checks a bound on aggregate rows: from 1 to [`MAX_KEEP_USAGE_ROWS`].
+pub fn check_keep_rows(rows: u64) -> Result<(), String> {
+    if (1..=MAX_KEEP_USAGE_ROWS).contains(&rows) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{rows} is not a number of rows to keep: use a whole number from 1 to {MAX_KEEP_USAGE_ROWS}, like {DEFAULT_KEEP_USAGE_ROWS}"
+        ))
+    }
+}
+
+/// Parses the bound on aggregate rows given on the command line.
+pub fn parse_keep_rows(s: &str) -> Result<u64, String> {
+    let rows: u64 = s.trim().parse().map_err(|_| {
+        format!(
+            "{s:?} is not a number of rows to keep: use a whole number from 1 to {MAX_KEEP_USAGE_ROWS}, like {DEFAULT_KEEP_USAGE_ROWS}"
+        )
+    })?;
+    check_keep_rows(rows)?;
+    Ok(rows)
+}
+
+/// The tenant `app` belongs to, as usage is keyed. Every app belongs to tenant
+/// [`DEFAULT_TENANT`] until tenants land; this is the one place that decides it, where the
+/// lookup of an app's tenant will go.
+pub fn tenant_of(_app: &str) -> &'static str {
+    DEFAULT_TENANT
 }
 
 /// Checks a billing granularity: whole milliseconds from 1 ms to 1 min.
@@ -264,6 +303,7 @@ const PERIODS: [(&str, i64); 3] = [("minute", 60), ("hour", 3_600), ("day", 86_4
 struct Key {
     period: &'static str,
     start_s: i64,
+    tenant: &'static str,
     app: Arc<str>,
     function: Arc<str>,
     revision: u64,
@@ -373,6 +413,7 @@ impl Meter {
                 let key = Key {
                     period,
                     start_s: started_s - started_s.rem_euclid(len),
+                    tenant: tenant_of(&fin.meta.app),
                     app: fin.meta.app.clone(),
                     function: fin.meta.function.clone(),
                     revision: fin.meta.revision,
@@ -402,34 +443,42 @@ impl Meter {
                 s.peak_memory_bytes = s.peak_memory_bytes.max(fin.peak_memory_bytes);
             }
         }
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO usage (period, start_s, app, function, revision, trigger, requests,
-                 errors, throttles, cold_starts, duration_us, billed_ms, kib_ms, unmetered,
-                 cpu_us, bytes_in, bytes_out, outbound_requests, outbound_bytes_out,
+        // Update first and insert when there was no row, so the rows each period gains are
+        // known and its row count (the size bound's) moves in the same transaction.
+        let mut update = tx.prepare_cached(
+            "UPDATE usage SET
+                 requests = requests + ?8,
+                 errors = errors + ?9,
+                 throttles = throttles + ?10,
+                 cold_starts = cold_starts + ?11,
+                 duration_us = duration_us + ?12,
+                 billed_ms = billed_ms + ?13,
+                 kib_ms = kib_ms + ?14,
+                 unmetered = unmetered + ?15,
+                 cpu_us = cpu_us + ?16,
+                 bytes_in = bytes_in + ?17,
+                 bytes_out = bytes_out + ?18,
+                 outbound_requests = outbound_requests + ?19,
+                 outbound_bytes_out = outbound_bytes_out + ?20,
+                 peak_memory_bytes = max(coalesce(peak_memory_bytes, ?21),
+                                         coalesce(?21, peak_memory_bytes))
+             WHERE period = ?1 AND start_s = ?2 AND tenant = ?3 AND app = ?4 AND function = ?5
+                 AND revision = ?6 AND trigger = ?7",
+        )?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO usage (period, start_s, tenant, app, function, revision, trigger,
+                 requests, errors, throttles, cold_starts, duration_us, billed_ms, kib_ms,
+                 unmetered, cpu_us, bytes_in, bytes_out, outbound_requests, outbound_bytes_out,
                  peak_memory_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20)
-             ON CONFLICT (period, start_s, app, function, revision, trigger) DO UPDATE SET
-                 requests = requests + excluded.requests,
-                 errors = errors + excluded.errors,
-                 throttles = throttles + excluded.throttles,
-                 cold_starts = cold_starts + excluded.cold_starts,
-                 duration_us = duration_us + excluded.duration_us,
-                 billed_ms = billed_ms + excluded.billed_ms,
-                 kib_ms = kib_ms + excluded.kib_ms,
-                 unmetered = unmetered + excluded.unmetered,
-                 cpu_us = cpu_us + excluded.cpu_us,
-                 bytes_in = bytes_in + excluded.bytes_in,
-                 bytes_out = bytes_out + excluded.bytes_out,
-                 outbound_requests = outbound_requests + excluded.outbound_requests,
-                 outbound_bytes_out = outbound_bytes_out + excluded.outbound_bytes_out,
-                 peak_memory_bytes = max(coalesce(peak_memory_bytes, excluded.peak_memory_bytes),
-                                         coalesce(excluded.peak_memory_bytes, peak_memory_bytes))",
+                 ?18, ?19, ?20, ?21)",
         )?;
+        let mut added: HashMap<&'static str, i64> = HashMap::new();
         for (k, s) in &sums {
-            upsert.execute(params![
+            let values = params![
                 k.period,
                 k.start_s,
+                k.tenant,
                 &*k.app,
                 &*k.function,
                 signed(k.revision),
@@ -448,7 +497,17 @@ impl Meter {
                 signed(s.outbound_requests),
                 signed(s.outbound_bytes_out),
                 s.peak_memory_bytes.map(signed),
-            ])?;
+            ];
+            if update.execute(values)? == 0 {
+                insert.execute(values)?;
+                *added.entry(k.period).or_default() += 1;
+            }
+        }
+        for (period, n) in added {
+            tx.execute(
+                "UPDATE usage_periods SET rows = rows + ?2 WHERE period = ?1",
+                params![period, n],
+            )?;
         }
         tx.execute(
             "UPDATE usage_runs SET last_commit_us = ?1 WHERE id = ?2",
@@ -534,8 +593,9 @@ impl Meter {
     }
 }
 
-/// Deletes usage rows past their retention (and gap markers past the daily retention).
-/// Returns the number of rows deleted.
+/// Deletes usage rows past their retention (and gap markers past the daily retention), then
+/// the oldest buckets of each period that holds more than `keep_rows` rows. Returns the number
+/// of rows deleted.
 pub(crate) fn prune_usage(
     conn: &Connection,
     settings: &UsageSettings,
@@ -550,35 +610,109 @@ pub(crate) fn prune_usage(
         ("day", 86_400, settings.keep_days),
     ];
     for (period, len, keep) in limits {
-        let Some(keep) = keep else { continue };
-        let cutoff = now_s.saturating_sub(secs(keep));
-        loop {
-            let oldest: Option<i64> = conn
-                .query_row(
-                    "SELECT min(start_s) FROM usage WHERE period = ?1",
-                    [period],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten();
-            let Some(oldest) = oldest.filter(|o| *o < cutoff) else {
-                break;
-            };
-            let upto = cutoff.min(oldest.saturating_add(len * PRUNE_CHUNK_BUCKETS));
-            let n = conn.execute(
-                "DELETE FROM usage WHERE period = ?1 AND start_s < ?2",
-                params![period, upto],
-            )?;
-            total += n;
-            if n == 0 {
-                break;
-            }
+        if let Some(keep) = keep {
+            total += delete_before(conn, period, len, now_s.saturating_sub(secs(keep)), false)?;
         }
+        total += prune_to_rows(conn, period, len, settings.keep_rows)?;
     }
     if let Some(keep) = settings.keep_days {
         let cutoff = time::to_micros(now)
             .saturating_sub(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX));
         total += conn.execute("DELETE FROM usage_gaps WHERE until_us < ?1", [cutoff])?;
+    }
+    Ok(total)
+}
+
+/// Deletes the oldest whole buckets of `period` until at most `keep_rows` of its rows are left
+/// (a newest bucket holding more than that goes too: the bound is kept), and records where the
+/// pruned usage ends so reports reaching back past it say so.
+fn prune_to_rows(
+    conn: &Connection,
+    period: &str,
+    len: i64,
+    keep_rows: u64,
+) -> rusqlite::Result<usize> {
+    let rows: i64 = conn
+        .query_row(
+            "SELECT rows FROM usage_periods WHERE period = ?1",
+            [period],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let excess = unsigned(rows).saturating_sub(keep_rows);
+    if excess == 0 {
+        return Ok(0);
+    }
+    // The bucket holding the excess-th oldest row: it and everything before it go. The walk
+    // reads the excess rows along the key, never the whole table.
+    let cut: Option<i64> = conn
+        .query_row(
+            "SELECT start_s FROM usage WHERE period = ?1 ORDER BY start_s LIMIT 1 OFFSET ?2",
+            params![period, signed(excess - 1)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(cut) = cut else {
+        // The count says more rows than there are (it cannot, as the count moves in the same
+        // transactions as the rows; but a count that is off must not prune): count again.
+        conn.execute(
+            "UPDATE usage_periods
+             SET rows = (SELECT count(*) FROM usage WHERE period = ?1) WHERE period = ?1",
+            [period],
+        )?;
+        return Ok(0);
+    };
+    delete_before(conn, period, len, cut.saturating_add(len), true)
+}
+
+/// Deletes the rows of `period` whose bucket starts before `end_s`, oldest first, in chunks of
+/// [`PRUNE_CHUNK_BUCKETS`] buckets, each in a transaction with the period's row count (and,
+/// for the row bound, the end of the pruned usage).
+fn delete_before(
+    conn: &Connection,
+    period: &str,
+    len: i64,
+    end_s: i64,
+    for_rows: bool,
+) -> rusqlite::Result<usize> {
+    let mut total = 0;
+    loop {
+        let oldest: Option<i64> = conn
+            .query_row(
+                "SELECT min(start_s) FROM usage WHERE period = ?1",
+                [period],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(oldest) = oldest.filter(|o| *o < end_s) else {
+            break;
+        };
+        let upto = end_s.min(oldest.saturating_add(len * PRUNE_CHUNK_BUCKETS));
+        let tx = conn.unchecked_transaction()?;
+        let n = tx.execute(
+            "DELETE FROM usage WHERE period = ?1 AND start_s < ?2",
+            params![period, upto],
+        )?;
+        if for_rows {
+            tx.execute(
+                "UPDATE usage_periods SET rows = max(rows - ?2, 0),
+                     size_pruned_before_s = max(coalesce(size_pruned_before_s, ?3), ?3)
+                 WHERE period = ?1",
+                params![period, signed(n as u64), upto],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE usage_periods SET rows = max(rows - ?2, 0) WHERE period = ?1",
+                params![period, signed(n as u64)],
+            )?;
+        }
+        tx.commit()?;
+        total += n;
+        if n == 0 {
+            break;
+        }
     }
     Ok(total)
 }
@@ -610,6 +744,8 @@ impl UsageError {
 pub enum UsageBy {
     /// One row per app and function.
     Function,
+    /// One row per tenant.
+    Tenant,
     /// One row per app, function and revision, with cost per 1,000 invocations.
     Revision,
     /// One row per UTC day.
@@ -620,17 +756,18 @@ pub enum UsageBy {
 
 impl UsageBy {
     /// The names accepted by `--by` and `by=`.
-    pub const NAMES: [&str; 4] = ["function", "revision", "day", "hour"];
+    pub const NAMES: [&str; 5] = ["function", "tenant", "revision", "day", "hour"];
 
     /// Parses a grouping name.
     pub fn parse(s: &str) -> Result<UsageBy, String> {
         match s.trim() {
             "function" => Ok(UsageBy::Function),
+            "tenant" => Ok(UsageBy::Tenant),
             "revision" => Ok(UsageBy::Revision),
             "day" => Ok(UsageBy::Day),
             "hour" => Ok(UsageBy::Hour),
             other => Err(format!(
-                "cannot group usage by {other:?}: use function, revision, day or hour"
+                "cannot group usage by {other:?}: use function, tenant, revision, day or hour"
             )),
         }
     }
@@ -638,6 +775,7 @@ impl UsageBy {
     fn as_str(self) -> &'static str {
         match self {
             UsageBy::Function => "function",
+            UsageBy::Tenant => "tenant",
             UsageBy::Revision => "revision",
             UsageBy::Day => "day",
             UsageBy::Hour => "hour",
@@ -761,6 +899,19 @@ fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     (us >= 0).then(|| UNIX_EPOCH + Duration::from_micros(us.unsigned_abs()))
 }
 
+/// Where one period's aggregates are whole from, and whether the row bound (rather than the
+/// age limit) put it there.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    from_us: i64,
+    by_rows: bool,
+}
+
+/// Microseconds as whole seconds, rounded up.
+fn ceil_secs(us: i64) -> i64 {
+    us.div_euclid(1_000_000) + i64::from(us.rem_euclid(1_000_000) > 0)
+}
+
 fn secs_of(t: SystemTime) -> i64 {
     time::to_micros(t).div_euclid(1_000_000)
 }
@@ -857,26 +1008,102 @@ impl Store {
                 time::format_rfc3339(since)
             )));
         }
-        // The finest aggregates still kept for the start.
-        let age = now.duration_since(since).unwrap_or_default();
-        let (resolution, len) = if age <= settings.keep_minutes {
-            ("minute", 60)
-        } else if age <= settings.keep_hours {
-            ("hour", 3_600)
-        } else {
-            ("day", 86_400)
-        };
+        let doing = "reading usage";
+        let conn = self.reader();
+        // Where each period's aggregates are whole from: after its age cutoff, and after the
+        // newest bucket pruned to keep its row bound.
+        let size_pruned: HashMap<String, i64> = conn
+            .prepare_cached(
+                "SELECT period, size_pruned_before_s FROM usage_periods
+                 WHERE size_pruned_before_s IS NOT NULL",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(db(doing))?;
+        let now_us = time::to_micros(now);
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let keeps = [
+            Some(settings.keep_minutes),
+            Some(settings.keep_hours),
+            settings.keep_days,
+        ];
+        let kept: Vec<Option<Kept>> = PERIODS
+            .iter()
+            .zip(keeps)
+            .map(|(&(period, _), keep)| {
+                let by_age = keep.map(|k| Kept {
+                    from_us: now_us.saturating_sub(micros(k)),
+                    by_rows: false,
+                });
+                let by_rows = size_pruned.get(period).map(|s| Kept {
+                    from_us: s.saturating_mul(1_000_000),
+                    by_rows: true,
+                });
+                match (by_age, by_rows) {
+                    (Some(a), Some(r)) => Some(if r.from_us > a.from_us { r } else { a }),
+                    (a, r) => a.or(r),
+                }
+            })
+            .collect();
+        // The finest aggregates still whole from the start; the coarsest when none is.
+        let since_us = time::to_micros(since);
+        let covers = |k: &Option<Kept>| k.is_none_or(|k| since_us >= k.from_us);
+        let at = kept.iter().position(covers).unwrap_or(PERIODS.len() - 1);
+        let (resolution, len) = PERIODS[at];
         if by == UsageBy::Hour && len > 3_600 {
-            return Err(UsageError::BadQuery(format!(
-                "hourly usage is kept for {} (--keep-usage-hours); use --by day, or a later --since",
-                span(settings.keep_hours)
-            )));
+            return Err(UsageError::BadQuery(match kept[1] {
+                Some(Kept {
+                    from_us,
+                    by_rows: true,
+                }) => {
+                    let from = format_secs(ceil_secs(from_us));
+                    format!(
+                        "hourly usage before {from} was pruned to stay within --keep-usage-rows ({}); use --by day, or a --since of {from} or later",
+                        settings.keep_rows
+                    )
+                }
+                _ => format!(
+                    "hourly usage is kept for {} (--keep-usage-hours); use --by day, or a later --since",
+                    span(settings.keep_hours)
+                ),
+            }));
         }
         let since_s = secs_of(since);
         let from_s = since_s - since_s.rem_euclid(len);
-        let until_s = secs_of(until);
+        // Rounded up: the bucket holding `until` counts even when `until` is a fraction of a
+        // second into it.
+        let until_s = ceil_secs(time::to_micros(until));
         let end_s = until_s + (len - until_s.rem_euclid(len)) % len;
         let end_s = if end_s == from_s { end_s + len } else { end_s };
+        // Even the coarsest aggregates no longer reach back to the start: say what is gone.
+        let pruned = kept[at].filter(|_| !covers(&kept[at])).map(|k| {
+            let before_s = ceil_secs(k.from_us);
+            let before_s = before_s + (len - before_s.rem_euclid(len)) % len;
+            let before = format_secs(before_s);
+            let why = if k.by_rows {
+                format!(
+                    "the oldest per-day usage was pruned to stay within --keep-usage-rows {}",
+                    settings.keep_rows
+                )
+            } else {
+                format!(
+                    "per-day usage is kept for {}, --keep-usage-days",
+                    settings.keep_days.map_or_else(String::new, span)
+                )
+            };
+            let gap = UsageGap {
+                kind: "pruned".to_string(),
+                from: format_secs(from_s),
+                until: format_secs(before_s.min(end_s)),
+                records: None,
+                message: format!(
+                    "usage before {before} is no longer kept ({why}); the report counts none of it"
+                ),
+            };
+            (before, gap)
+        });
 
         let mut filter = String::from("period = ?1 AND start_s >= ?2 AND start_s < ?3");
         let mut args: Vec<Value> = vec![
@@ -884,6 +1111,10 @@ impl Store {
             Value::Integer(from_s),
             Value::Integer(end_s),
         ];
+        if let Some(tenant) = &q.tenant {
+            args.push(Value::Text(tenant.clone()));
+            filter.push_str(&format!(" AND tenant = ?{}", args.len()));
+        }
         if let Some(app) = &q.app {
             args.push(Value::Text(app.clone()));
             filter.push_str(&format!(" AND app = ?{}", args.len()));
@@ -893,18 +1124,17 @@ impl Store {
             filter.push_str(&format!(" AND function = ?{}", args.len()));
         }
         let group = match by {
-            UsageBy::Function => "app, function",
-            UsageBy::Revision => "app, function, revision",
+            UsageBy::Function => "tenant, app, function",
+            UsageBy::Tenant => "tenant",
+            UsageBy::Revision => "tenant, app, function, revision",
             UsageBy::Day => "start_s - start_s % 86400",
             UsageBy::Hour => "start_s - start_s % 3600",
         };
         let keys = match by {
-            UsageBy::Function => 2,
-            UsageBy::Revision => 3,
-            UsageBy::Day | UsageBy::Hour => 1,
+            UsageBy::Function => 3,
+            UsageBy::Revision => 4,
+            UsageBy::Tenant | UsageBy::Day | UsageBy::Hour => 1,
         };
-        let doing = "reading usage";
-        let conn = self.reader();
         let rows = conn
             .prepare(&format!(
                 "SELECT {group}, {SUMS} FROM usage WHERE {filter}
@@ -915,13 +1145,18 @@ impl Store {
                     let mut row = report_row(r, keys)?;
                     match by {
                         UsageBy::Function => {
-                            row.app = Some(r.get(0)?);
-                            row.function = Some(r.get(1)?);
+                            row.tenant = Some(r.get(0)?);
+                            row.app = Some(r.get(1)?);
+                            row.function = Some(r.get(2)?);
+                        }
+                        UsageBy::Tenant => {
+                            row.tenant = Some(r.get(0)?);
                         }
                         UsageBy::Revision => {
-                            row.app = Some(r.get(0)?);
-                            row.function = Some(r.get(1)?);
-                            row.revision = Some(unsigned(r.get(2)?));
+                            row.tenant = Some(r.get(0)?);
+                            row.app = Some(r.get(1)?);
+                            row.function = Some(r.get(2)?);
+                            row.revision = Some(unsigned(r.get(3)?));
                         }
                         UsageBy::Day | UsageBy::Hour => {
                             row.bucket = Some(format_secs(r.get(0)?));
@@ -940,7 +1175,7 @@ impl Store {
                 })
             })
             .map_err(db(doing))?;
-        let gaps = conn
+        let mut gaps = conn
             .prepare(
                 "SELECT kind, from_us, until_us, records FROM usage_gaps
                  WHERE until_us > ?1 AND from_us < ?2 ORDER BY from_us LIMIT ?3",
@@ -977,6 +1212,10 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()
             })
             .map_err(db(doing))?;
+        let pruned_before = pruned.map(|(at, gap)| {
+            gaps.insert(0, gap);
+            at
+        });
         Ok(UsageReport {
             from: format_secs(from_s),
             until: format_secs(end_s),
@@ -988,14 +1227,16 @@ impl Store {
             rows,
             total: priced(total, &settings.prices),
             gaps,
+            pruned_before,
         })
     }
 
     /// One page of per-invocation usage records for `q` (its `by` is ignored; spans count
     /// back from `now`, which an export keeps the same for all its pages so its bounds do not
     /// move), after the record at position `after` (0 for the first page), oldest first, at
-    /// most `limit` (and never more than [`MAX_EXPORT_PAGE`]). Returns the records and the
-    /// position to pass for the next page, `None` when this was the last.
+    /// most `limit` (and never more than [`MAX_EXPORT_PAGE`]; fewer, possibly none, when
+    /// `q.tenant` leaves some out). Returns the records and the position to pass for the next
+    /// page, `None` when this was the last.
     pub fn usage_export_page(
         &self,
         q: &UsageQuery,
@@ -1047,11 +1288,13 @@ impl Store {
                         Ok(r.get::<_, Option<i64>>(i)?.map(unsigned))
                     };
                     let seq: i64 = r.get(0)?;
+                    let app: String = r.get(2)?;
                     Ok((
                         seq,
                         UsageExportRecord {
                             id: r.get(1)?,
-                            app: r.get(2)?,
+                            tenant: tenant_of(&app).to_string(),
+                            app,
                             function: r.get(3)?,
                             revision: unsigned(r.get(4)?),
                             trigger: r.get(5)?,
@@ -1081,7 +1324,14 @@ impl Store {
         let next = (rows.len() == limit)
             .then(|| rows.last().map(|(s, _)| *s))
             .flatten();
-        Ok((rows.into_iter().map(|(_, r)| r).collect(), next))
+        // The tenant is the app's (see `tenant_of`), not a column of the records, so it is
+        // filtered here; the page position still moves past every record read.
+        let records = rows
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| q.tenant.as_ref().is_none_or(|t| *t == r.tenant))
+            .collect();
+        Ok((records, next))
     }
 }
 
@@ -1134,6 +1384,26 @@ mod tests {
             ..UsageSettings::default()
         };
         assert!(short.validate().unwrap_err().contains("--keep-usage-hours"));
+        for rows in [0, MAX_KEEP_USAGE_ROWS + 1] {
+            let s = UsageSettings {
+                keep_rows: rows,
+                ..UsageSettings::default()
+            };
+            let e = s.validate().unwrap_err();
+            assert!(
+                e.contains("--keep-usage-rows") && e.contains("from 1 to"),
+                "{e}"
+            );
+        }
+        assert_eq!(parse_keep_rows("1").unwrap(), 1);
+        for bad in ["0", "-5", "1e6", "", "1000000001"] {
+            assert!(
+                parse_keep_rows(bad)
+                    .unwrap_err()
+                    .contains("from 1 to 1000000000"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -1170,7 +1440,7 @@ mod tests {
         assert!(
             UsageBy::parse("week")
                 .unwrap_err()
-                .contains("function, revision, day or hour")
+                .contains("function, tenant, revision, day or hour")
         );
     }
 

@@ -1,7 +1,7 @@
 //! Metering as its callers see it: per-invocation usage on the records, aggregates across
 //! batches and writer runs, bucket boundaries at each resolution, billed rounding and
 //! GB-seconds, gap markers after an unclean stop and for dropped records, stable export ids,
-//! and retention of the aggregates.
+//! the tenant key, and retention of the aggregates by age and by row count.
 
 use nubo_core::api::v1::{UsageQuery, UsageReport};
 use nubo_core::{InvocationId, Outcome};
@@ -383,8 +383,177 @@ fn aggregates_are_pruned_by_their_retention() {
     let hourly = report(&store, &query("36h", None, "function"), now);
     assert_eq!(hourly.resolution, "hour");
     assert_eq!(hourly.total.requests, 2);
+    // The day rows older than five days are gone, and the report says so.
+    assert_eq!(r.gaps.len(), 1, "{:?}", r.gaps);
+    assert_eq!(r.gaps[0].kind, "pruned");
+    assert!(
+        r.gaps[0].message.contains("--keep-usage-days"),
+        "{}",
+        r.gaps[0].message
+    );
+    assert!(r.pruned_before.is_some());
     let e = store
         .usage_report_at(&query("11d", None, "hour"), now)
         .unwrap_err();
     assert!(e.to_string().contains("--keep-usage-hours"), "{e}");
+}
+
+/// The start of the UTC hour holding `t`.
+fn hour_start(t: SystemTime) -> SystemTime {
+    let s = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    UNIX_EPOCH + Duration::from_secs(s - s % 3_600)
+}
+
+#[test]
+fn usage_is_keyed_by_tenant_and_every_app_is_in_default() {
+    let (_dir, store) = open();
+    // Half a second into a minute: a report up to then counts the minute just begun.
+    let now = hour_start(SystemTime::now()) - Duration::from_millis(3_600_000 - 60_500);
+    write(
+        &store,
+        vec![
+            finished("api", 1, now),
+            finished("api", 1, now),
+            finished("web", 1, now),
+        ],
+    );
+    let r = report(&store, &query("1h", None, "tenant"), now);
+    assert_eq!(r.by, "tenant");
+    assert_eq!(r.rows.len(), 1, "{:?}", r.rows);
+    assert_eq!(r.rows[0].tenant.as_deref(), Some("default"));
+    assert_eq!(r.rows[0].app, None);
+    assert_eq!(r.rows[0].requests, 3);
+    let by_function = report(&store, &query("1h", None, "function"), now);
+    assert!(
+        by_function
+            .rows
+            .iter()
+            .all(|row| row.tenant.as_deref() == Some("default")),
+        "{:?}",
+        by_function.rows
+    );
+    let tenant = |t: &str| UsageQuery {
+        tenant: Some(t.into()),
+        ..query("1h", None, "function")
+    };
+    assert_eq!(report(&store, &tenant("default"), now).total.requests, 3);
+    assert_eq!(report(&store, &tenant("other"), now).total.requests, 0);
+
+    let export = |q: &UsageQuery| {
+        let q = UsageQuery {
+            since: Some("2h".into()),
+            ..q.clone()
+        };
+        let (page, next) = store
+            .usage_export_page(&q, SystemTime::now(), 0, 10)
+            .unwrap();
+        assert_eq!(next, None);
+        page
+    };
+    let all = export(&tenant("default"));
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|r| r.tenant == "default"), "{all:?}");
+    assert!(export(&tenant("other")).is_empty());
+}
+
+#[test]
+fn the_row_bound_prunes_the_oldest_buckets_first_and_reports_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = SystemTime::now();
+    // Ten minutes within one hour: ten per-minute buckets, the last with two rows.
+    let t0 = hour_start(now) - Duration::from_secs(2 * 3_600);
+    let minute = |i: u64| t0 + Duration::from_secs(60 * i);
+    let mut records: Vec<_> = (0..10).map(|i| finished("api", 1, minute(i))).collect();
+    records.push(finished("web", 1, minute(9)));
+    store.configure_usage(UsageSettings {
+        keep_rows: 4,
+        ..UsageSettings::default()
+    });
+    // The writer prunes when it stops.
+    write(&store, records);
+
+    let conn = rusqlite::Connection::open(dir.path().join("nubo.db")).unwrap();
+    let starts = |period: &str| -> Vec<i64> {
+        conn.prepare("SELECT start_s FROM usage WHERE period = ?1 ORDER BY start_s")
+            .unwrap()
+            .query_map([period], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    // The newest four rows are kept; the oldest minutes went first.
+    assert_eq!(
+        starts("minute"),
+        [
+            secs(minute(7)),
+            secs(minute(8)),
+            secs(minute(9)),
+            secs(minute(9))
+        ]
+    );
+    assert_eq!(starts("hour").len(), 2, "within the bound, untouched");
+    assert_eq!(starts("day").len(), 2);
+    let kept: (i64, Option<i64>) = conn
+        .query_row(
+            "SELECT rows, size_pruned_before_s FROM usage_periods WHERE period = 'minute'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(kept, (4, Some(secs(minute(7)))));
+
+    // A report reaching back past the pruned minutes reads the hour rows, which hold it all.
+    let since = nubo_store::format_rfc3339(minute(0));
+    let r = report(&store, &query(&since, None, "function"), now);
+    assert_eq!(r.resolution, "hour");
+    assert_eq!(r.total.requests, 11);
+    assert!(r.gaps.is_empty() && r.pruned_before.is_none(), "{r:?}");
+    let since = nubo_store::format_rfc3339(minute(7));
+    let r = report(&store, &query(&since, None, "function"), now);
+    assert_eq!(r.resolution, "minute");
+    assert_eq!(r.total.requests, 4);
+
+    // A bound of one row: each table's newest bucket holds two, so nothing is left, and a
+    // report says its usage is gone rather than showing zero as if nothing ran.
+    store.configure_usage(UsageSettings {
+        keep_rows: 1,
+        ..UsageSettings::default()
+    });
+    write(&store, Vec::new());
+    for period in ["minute", "hour", "day"] {
+        assert!(starts(period).is_empty(), "{period}: {:?}", starts(period));
+    }
+    let since = nubo_store::format_rfc3339(minute(0));
+    let r = report(&store, &query(&since, None, "function"), now);
+    assert_eq!(r.resolution, "day");
+    assert_eq!(r.total.requests, 0);
+    let next_day = nubo_store::format_rfc3339(day_start(minute(0)) + Duration::from_secs(86_400));
+    assert_eq!(r.pruned_before.as_deref(), Some(next_day.as_str()));
+    assert_eq!(r.gaps.len(), 1, "{:?}", r.gaps);
+    assert_eq!(r.gaps[0].kind, "pruned");
+    assert!(
+        r.gaps[0].message.contains("is no longer kept")
+            && r.gaps[0].message.contains("--keep-usage-rows"),
+        "{}",
+        r.gaps[0].message
+    );
+    let e = store
+        .usage_report_at(&query(&since, None, "hour"), now)
+        .unwrap_err();
+    assert!(e.to_string().contains("--keep-usage-rows"), "{e}");
+
+    // New usage is counted again from zero rows.
+    store.configure_usage(UsageSettings::default());
+    write(&store, vec![finished("api", 1, now)]);
+    assert_eq!(starts("minute").len(), 1);
+    let rows: i64 = conn
+        .query_row(
+            "SELECT rows FROM usage_periods WHERE period = 'minute'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 1);
 }

@@ -755,6 +755,10 @@ pub struct InvocationUsage {
     pub cpu_time_us: Option<u64>,
 }
 
+/// The tenant every app belongs to until tenants land. Usage is keyed by tenant already, so
+/// reports and exports keep their shape when apps can belong to other tenants.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// The filters of `GET /_nubo/api/v1/usage` and `GET /_nubo/api/v1/usage/export`, as query
 /// parameters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -766,13 +770,17 @@ pub struct UsageQuery {
     /// End, in the same forms as `since`; default now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// Only this tenant's apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Only this app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
     /// Only this function (of `app`, or of every app).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
-    /// How a report groups rows: `function` (the default), `revision`, `day` or `hour`.
+    /// How a report groups rows: `function` (the default), `tenant`, `revision`, `day` or
+    /// `hour`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
 }
@@ -807,6 +815,9 @@ pub struct UsageRow {
     /// Start of the day or hour (`by=day`, `by=hour`), RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<String>,
+    /// The tenant (`by=tenant`, `by=function`, `by=revision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The app (`by=function`, `by=revision`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
@@ -855,8 +866,9 @@ pub struct UsageRow {
 /// A stretch of time whose usage may be undercounted, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageGap {
-    /// `unclean_stop` (the server stopped without shutting down) or `dropped` (records the
-    /// writer could not keep up with).
+    /// `unclean_stop` (the server stopped without shutting down), `dropped` (records the
+    /// writer could not keep up with) or `pruned` (aggregates no longer kept: the report's
+    /// start reaches back past the retention of even the per-day rows).
     pub kind: String,
     /// Start, RFC 3339.
     pub from: String,
@@ -879,7 +891,7 @@ pub struct UsageReport {
     /// The stored aggregates read: `minute`, `hour` or `day` (the finest still kept for
     /// `from`).
     pub resolution: String,
-    /// The grouping: `function`, `revision`, `day` or `hour`.
+    /// The grouping: `function`, `tenant`, `revision`, `day` or `hour`.
     pub by: String,
     /// The billing granularity in milliseconds.
     pub billing_granularity_ms: u64,
@@ -892,6 +904,11 @@ pub struct UsageReport {
     /// Stretches within the report whose usage may be undercounted.
     #[serde(default)]
     pub gaps: Vec<UsageGap>,
+    /// When `from` reaches back past what is still kept: the start of the oldest usage the
+    /// report could read (earlier usage was pruned by age or by row count; a `pruned` gap says
+    /// which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_before: Option<String>,
 }
 
 /// One line of `GET /_nubo/api/v1/usage/export` (JSON lines): the usage of one invocation.
@@ -901,6 +918,8 @@ pub struct UsageReport {
 pub struct UsageExportRecord {
     /// The invocation id (ULID).
     pub id: String,
+    /// The tenant of the app.
+    pub tenant: String,
     /// App.
     pub app: String,
     /// Function.

@@ -103,8 +103,8 @@ pub struct RuntimeConfig {
     /// The apps' secrets, delivered to the functions whose `env` names them (wasm: at each
     /// invocation; process: at each worker's spawn); `None`: such variables stay unset.
     pub secrets: Option<nubo_store::secrets::Secrets>,
-    /// Whether wasm invocations measure the CPU time they spend (two thread-clock reads per
-    /// poll of the guest, about a microsecond and a half); off, their records carry none.
+    /// Whether wasm invocations measure the CPU time they spend (two monotonic clock reads per
+    /// poll of the guest); off, their records carry none.
     pub measure_cpu: bool,
 }
 

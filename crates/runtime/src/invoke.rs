@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
@@ -256,14 +256,17 @@ async fn run_guest(
     result
 }
 
-/// A guest's future that adds up the CPU time spent polling it: the polling thread's CPU clock
-/// is read before and after each poll, so time the guest spends waiting (sleeps, outbound
-/// calls, a slow client) is not counted, and work on any worker thread is. Instantiation is
-/// part of the future, so it is counted too.
+/// A guest's future that adds up the time spent polling it: the monotonic clock is read
+/// before and after each poll, so time the guest spends waiting (sleeps, outbound calls, host
+/// calls sent to blocking threads, a slow client) is not counted, and its own work on any
+/// worker thread is. Instantiation is part of the future, so it is counted too.
 ///
-/// Cost: two `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` system calls per poll (that clock has
-/// no vDSO fast path), a fraction of a microsecond each; a guest is polled a handful of times
-/// per request.
+/// A poll runs the guest without blocking, so its wall time is the CPU time it used, except
+/// when the operating system preempts the thread in the middle of a poll (then the preemption
+/// counts too; polls take microseconds, scheduler slices milliseconds). The monotonic clock
+/// is read through the vDSO in tens of nanoseconds; the thread CPU clock
+/// (`CLOCK_THREAD_CPUTIME_ID`) has no such fast path and cost over a microsecond per read on
+/// the development machine, a few percent of a small function's request.
 struct CpuTimed<F> {
     inner: F,
     spent: Duration,
@@ -273,20 +276,11 @@ impl<F: Future + Unpin> Future for CpuTimed<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let before = thread_cpu_time();
+        let before = Instant::now();
         let polled = Pin::new(&mut self.inner).poll(cx);
-        if let (Some(before), Some(after)) = (before, thread_cpu_time()) {
-            self.spent += after.saturating_sub(before);
-        }
+        self.spent += before.elapsed();
         polled
     }
-}
-
-/// CPU time the calling thread has used; `None` where the clock cannot be read.
-fn thread_cpu_time() -> Option<Duration> {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .ok()
-        .map(Duration::from)
 }
 
 /// Maps an error out of the guest to what the caller is told.

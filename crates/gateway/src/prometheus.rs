@@ -4,8 +4,9 @@
 //! `Gateway::set_metrics`. Gauges are read here, at scrape time, from where they live: the
 //! runtime's concurrency figures, the control plane's loaded revisions (for each function's
 //! runtime), the triggers' status, the store's async queue and dead-letter counts (each read
-//! timed as `op="scrape_read"`), and `/proc`. Between scrapes none of this costs anything. Access follows the admin API's rule
-//! (the listener checks it before any `/_nubo/` route but health and readiness).
+//! timed as `op="scrape_read"`), and `/proc`. Between scrapes none of this costs anything.
+//! Access follows the admin API's rule (the listener checks it before any `/_nubo/` route but
+//! health and readiness).
 
 use crate::admin::{ApiError, Gw, gw};
 use crate::server::Gateway;

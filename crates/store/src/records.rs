@@ -330,13 +330,14 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use nubo_core::{InvocationId, Outcome};
     use nubo_telemetry::{InvocationMeta, LogEntry, Stream};
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn finished(function: &str, lines: &[&str]) -> FinishedInvocation {
+    /// A finished invocation of `shop`'s `function` that wrote `lines` to stdout.
+    pub(crate) fn finished(function: &str, lines: &[&str]) -> FinishedInvocation {
         let started_at = UNIX_EPOCH + Duration::from_secs(1_000);
         FinishedInvocation {
             meta: InvocationMeta {

@@ -564,39 +564,8 @@ fn prune_older(conn: &Connection, age: Duration) -> rusqlite::Result<(usize, usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nubo_core::{InvocationId, Outcome};
-    use nubo_telemetry::{InvocationMeta, MetricsLabels};
-    use std::time::SystemTime;
-
-    fn finished() -> FinishedInvocation {
-        FinishedInvocation {
-            meta: InvocationMeta {
-                id: InvocationId::new(),
-                app: "shop".into(),
-                function: "cart".into(),
-                revision: 1,
-                trigger: "http",
-            },
-            started_at: SystemTime::now(),
-            duration: Duration::from_millis(2),
-            outcome: Outcome::Ok,
-            status: Some(200),
-            cold: false,
-            init_ms: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            outbound_requests: 0,
-            outbound_bytes_out: 0,
-            outbound_bytes_in: 0,
-            memory_limit_bytes: None,
-            peak_memory_bytes: None,
-            cpu_time: None,
-            dispatched_after: None,
-            running_after: None,
-            logs: Vec::new(),
-            logs_truncated: false,
-        }
-    }
+    use crate::records::tests::finished;
+    use nubo_telemetry::MetricsLabels;
 
     #[test]
     fn each_batch_commit_is_timed_once_when_asked() {
@@ -607,7 +576,7 @@ mod tests {
         // Queued before the writer starts, so its first batch takes all three.
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         for _ in 0..3 {
-            tx.send(finished()).unwrap();
+            tx.send(finished("cart", &[])).unwrap();
         }
         let writer = store.spawn_record_writer(rx).unwrap();
         drop(tx);
@@ -621,7 +590,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
-        tx.send(finished()).unwrap();
+        tx.send(finished("cart", &[])).unwrap();
         let writer = store.spawn_record_writer(rx).unwrap();
         // A registry set after the writer started is not the writer's.
         let metrics = Metrics::new(MetricsLabels::None);
